@@ -1,0 +1,320 @@
+//! The wire types of Baton's HTTP API, shared by the server, the client, the agent SDK and the
+//! CLI. Field names follow the seed API exactly. Timestamps are RFC 3339 strings (UTC).
+//!
+//! Invariant: plain serde data only; no behaviour, no domain rules. The server converts domain
+//! types into these at its edge.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A priority as clients send it: a name (`low|normal|high|critical`) or a number 1–10.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PriorityInput {
+    Name(String),
+    Number(u8),
+}
+
+/// `POST /orchestrate` and `POST /tasks`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubmitTask {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub title: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PriorityInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ClientPlan>,
+}
+
+/// A plan supplied by the client.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientPlan {
+    pub subtasks: Vec<ClientStep>,
+}
+
+/// One step of a client plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientStep {
+    pub id: String,
+    pub capability: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+/// The answer to a submission: the task and its plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub task_id: String,
+    pub status: String,
+    pub subtasks: Vec<PlannedSubtask>,
+}
+
+/// One subtask of a plan as a submission reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedSubtask {
+    pub subtask_id: String,
+    /// The capability (the seed calls it the agent).
+    pub agent: String,
+    pub state: String,
+    pub depends_on: Vec<String>,
+}
+
+/// `POST /execute/{task_id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_mode: Option<String>,
+}
+
+/// The answer to execute and cancel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusReply {
+    pub task_id: String,
+    pub status: String,
+}
+
+/// `GET /tasks/{task_id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    pub task_id: String,
+    pub title: String,
+    pub description: String,
+    pub task_type: Option<String>,
+    pub priority: u8,
+    pub status: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub subtasks: Vec<SubtaskDetail>,
+    pub metrics: Metrics,
+    pub result: Option<Value>,
+    pub status_history: Vec<HistoryEntry>,
+}
+
+/// One subtask in a task's detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskDetail {
+    pub subtask_id: String,
+    /// The capability (the seed calls it the agent).
+    pub agent: String,
+    /// The agent id of the latest attempt, once assigned.
+    pub assigned_agent: Option<String>,
+    pub state: String,
+    pub attempts: u32,
+    pub depends_on: Vec<String>,
+    pub outputs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Timing of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub elapsed_seconds: f64,
+    /// Against `metadata.due_date`; `null` without one.
+    pub on_time: Option<bool>,
+}
+
+/// One entry of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtask_id: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `GET /tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// One task in a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub title: String,
+    pub task_type: Option<String>,
+    pub priority: u8,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// `POST /agents`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegisterAgent {
+    pub name: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+/// The answer to a registration: the id and the bearer token (shown once).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredAgent {
+    pub agent_id: String,
+    pub token: String,
+}
+
+/// `GET /agents`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+/// An agent as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its capabilities.
+    pub skills: Vec<String>,
+    pub domains: Vec<String>,
+    pub status: String,
+    /// In-flight assignments over max concurrency, 0–1.
+    pub load: f64,
+    pub in_flight: u32,
+    pub max_concurrency: u32,
+    pub last_seen: Option<String>,
+}
+
+/// `POST /agents/{id}/lease`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// The assignments the agent is working on; see [`HeartbeatRequest::held`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<String>>,
+}
+
+/// `POST /agents/{id}/heartbeat`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// The assignments the agent is working on. When given, only these leases are renewed, so
+    /// an assignment whose lease answer never reached the agent expires and is retried; when
+    /// absent, every lease of the agent is renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<String>>,
+}
+
+/// The answer to a lease call: possibly empty after the wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub assignments: Vec<Lease>,
+}
+
+/// One assignment handed to an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub assignment_id: String,
+    pub task_id: String,
+    pub subtask_id: String,
+    pub capability: String,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    pub lease_expires_at: String,
+    /// The brief, the step's parameters, and `dependencies`: the outputs of direct dependencies
+    /// keyed by subtask id.
+    pub input: Value,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub agent_id: String,
+    pub status: String,
+    /// Leases renewed by this call, with their new deadline.
+    pub lease_expires_at: Option<String>,
+    /// Assignments of this agent that were cancelled or lost: stop working on them.
+    pub revoked: Vec<String>,
+}
+
+/// Agent-reported phases of an assignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Reasoning,
+    Executing,
+    Validating,
+}
+
+/// `POST /assignments/{id}/progress`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressRequest {
+    pub phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /assignments/{id}/complete`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub outputs: Value,
+}
+
+/// `POST /assignments/{id}/fail`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailRequest {
+    pub error: String,
+    pub retryable: bool,
+}
+
+/// The answer to progress, complete and fail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentReply {
+    pub assignment_id: String,
+    /// `active`, `completed`, `failed`, `lost` or `cancelled`.
+    pub state: String,
+    pub lease_expires_at: Option<String>,
+}
+
+/// Every error answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (`validation_failed`, `not_found`, `conflict`, ...).
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldIssue>,
+}
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldIssue {
+    pub field: String,
+    pub issue: String,
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

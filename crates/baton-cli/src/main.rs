@@ -1,0 +1,90 @@
+//! `baton`: the command-line face of Baton. `serve` runs the orchestrator, `demo` runs the
+//! whole blog-post example end to end in one process, and the client commands talk to a
+//! running server (`--server` / `BATON_URL`).
+
+mod client_cmds;
+mod demo;
+mod serve;
+mod watch;
+
+use clap::{Parser, Subcommand};
+
+/// Baton: an agent orchestrator.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, about)]
+struct Cli {
+    /// The server client commands talk to.
+    #[arg(
+        long,
+        env = "BATON_URL",
+        global = true,
+        default_value = "http://127.0.0.1:8003"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the orchestrator (embedded SQLite).
+    Serve(serve::ServeArgs),
+    /// Run the blog-post example end to end with built-in demo agents, then exit.
+    Demo(demo::DemoArgs),
+    /// Submit a task (and run it).
+    Submit(client_cmds::SubmitArgs),
+    /// Show one task: subtasks, result and timeline.
+    Status(client_cmds::StatusArgs),
+    /// List tasks, newest first.
+    Tasks(client_cmds::TasksArgs),
+    /// List registered agents.
+    Agents(client_cmds::AgentsArgs),
+    /// Cancel a task.
+    Cancel(client_cmds::CancelArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Submit(args) => client_cmds::submit(&cli.server, args).await,
+            Command::Status(args) => client_cmds::status(&cli.server, args).await,
+            Command::Tasks(args) => client_cmds::tasks(&cli.server, args).await,
+            Command::Agents(args) => client_cmds::agents(&cli.server, args).await,
+            Command::Cancel(args) => client_cmds::cancel(&cli.server, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `default`).
+fn init_logging(default: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,92 @@
+//! `baton serve`: the orchestrator on an embedded SQLite database.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use baton_core::retry::RetryPolicy;
+
+/// Settings of `baton serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Port to listen on.
+    #[arg(long, env = "AGENT_ORCHESTRATOR_PORT", default_value_t = 8003)]
+    pub port: u16,
+    /// Address to bind; only loopback addresses until authentication exists.
+    #[arg(long, env = "BATON_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Where the database lives.
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data")]
+    pub data_dir: PathBuf,
+    /// Lease duration without a heartbeat, in milliseconds.
+    #[arg(long, env = "BATON_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Default per-subtask timeout, in seconds.
+    #[arg(long, env = "AGENT_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub timeout_seconds: u64,
+    /// Attempts per subtask.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: u32,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+impl ServeArgs {
+    pub fn engine_config(&self) -> baton_engine::Config {
+        baton_engine::Config {
+            lease: Duration::from_millis(self.lease_ms.max(1)),
+            subtask_timeout: Duration::from_secs(self.timeout_seconds.max(1)),
+            retry: RetryPolicy {
+                max_attempts: self.max_retries.max(1),
+                ..RetryPolicy::default()
+            },
+            ..baton_engine::Config::default()
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("info", args.json_logs);
+    if !args.host.is_loopback() {
+        bail!(
+            "refusing to listen on {}: authentication is not configured, so Baton only binds loopback addresses",
+            args.host
+        );
+    }
+    let server = baton_server::Server::open(baton_server::Options {
+        data_dir: args.data_dir.clone(),
+        engine: args.engine_config(),
+    })
+    .await
+    .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "baton listening");
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

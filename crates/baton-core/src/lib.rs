@@ -1,0 +1,23 @@
+//! The Baton domain: ids, tasks, subtasks, agents, assignments, plans, and the rules that
+//! govern them (state machines, plan validation, planning, routing, retries).
+//!
+//! Invariant: this crate does no IO and knows no async runtime, SQL or HTTP. Every function is
+//! a pure function of its arguments; time arrives as a [`Millis`] argument and randomness as a
+//! number supplied by the caller, so every decision is deterministic and unit-testable.
+
+pub mod ids;
+pub mod model;
+pub mod plan;
+pub mod planner;
+pub mod priority;
+pub mod retry;
+pub mod routing;
+pub mod state;
+
+pub use ids::{AgentId, AssignmentId, SubtaskId, TaskId};
+pub use model::{Agent, Assignment, AssignmentState, Event, Subtask, Task};
+pub use priority::Priority;
+pub use state::{AgentStatus, IllegalTransition, SubtaskState, TaskStatus};
+
+/// Milliseconds since the Unix epoch; the only notion of time in the core.
+pub type Millis = i64;

@@ -1,0 +1,484 @@
+//! Plans: a DAG of steps, each naming a capability. Parsing from JSON, validation, and
+//! instantiation into subtasks with seed-shaped ids.
+//!
+//! A valid plan has 1 to [`MAX_SUBTASKS`] steps, unique ids, a well-formed capability on every
+//! step, dependencies that name existing steps (not themselves), and no cycle. Every problem is
+//! reported, not just the first.
+
+use crate::ids::check_name;
+use crate::{Millis, Subtask, SubtaskId, SubtaskState, TaskId};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+
+/// The largest plan accepted.
+pub const MAX_SUBTASKS: usize = 1000;
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanStep {
+    /// The step's id within the plan.
+    pub key: String,
+    pub capability: String,
+    /// Keys of the steps this one waits for.
+    pub depends_on: Vec<String>,
+    /// Parameters for the agent; an object.
+    pub input: Map<String, Value>,
+}
+
+/// A DAG of steps in plan order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Plan {
+    pub steps: Vec<PlanStep>,
+}
+
+/// One problem with a plan: where (a JSON path below the plan) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanIssue {
+    pub field: String,
+    pub issue: String,
+}
+
+fn issue(field: impl Into<String>, issue: impl Into<String>) -> PlanIssue {
+    PlanIssue {
+        field: field.into(),
+        issue: issue.into(),
+    }
+}
+
+impl Plan {
+    /// Parse a client plan `{subtasks:[{id, capability, depends_on?, input?}]}` and validate it.
+    /// Field paths in the issues are prefixed with `prefix` (e.g. `plan`).
+    pub fn from_json(value: &Value, prefix: &str) -> Result<Plan, Vec<PlanIssue>> {
+        let mut issues = Vec::new();
+        let Some(obj) = value.as_object() else {
+            return Err(vec![issue(prefix, "must be an object with `subtasks`")]);
+        };
+        for key in obj.keys().filter(|k| k.as_str() != "subtasks") {
+            issues.push(issue(format!("{prefix}.{key}"), "unknown field"));
+        }
+        let Some(list) = obj.get("subtasks").and_then(Value::as_array) else {
+            issues.push(issue(
+                format!("{prefix}.subtasks"),
+                "required: a list of steps",
+            ));
+            return Err(issues);
+        };
+        let mut steps = Vec::with_capacity(list.len());
+        for (i, raw) in list.iter().enumerate() {
+            let at = format!("{prefix}.subtasks[{i}]");
+            let Some(step) = raw.as_object() else {
+                issues.push(issue(at, "must be an object"));
+                continue;
+            };
+            for key in step.keys() {
+                if !matches!(key.as_str(), "id" | "capability" | "depends_on" | "input") {
+                    issues.push(issue(format!("{at}.{key}"), "unknown field"));
+                }
+            }
+            let key = match step.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => {
+                    issues.push(issue(format!("{at}.id"), "must be a string"));
+                    String::new()
+                }
+                None => {
+                    issues.push(issue(format!("{at}.id"), "required"));
+                    String::new()
+                }
+            };
+            let capability = match step.get("capability") {
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => {
+                    issues.push(issue(format!("{at}.capability"), "must be a string"));
+                    String::new()
+                }
+                None => {
+                    issues.push(issue(format!("{at}.capability"), "required"));
+                    String::new()
+                }
+            };
+            let mut depends_on = Vec::new();
+            match step.get("depends_on") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(deps)) => {
+                    for (j, d) in deps.iter().enumerate() {
+                        match d.as_str() {
+                            Some(s) => depends_on.push(s.to_owned()),
+                            None => issues.push(issue(
+                                format!("{at}.depends_on[{j}]"),
+                                "must be a step id (string)",
+                            )),
+                        }
+                    }
+                }
+                Some(_) => issues.push(issue(
+                    format!("{at}.depends_on"),
+                    "must be a list of step ids",
+                )),
+            }
+            let input = match step.get("input") {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(m)) => m.clone(),
+                Some(_) => {
+                    issues.push(issue(format!("{at}.input"), "must be an object"));
+                    Map::new()
+                }
+            };
+            steps.push(PlanStep {
+                key,
+                capability,
+                depends_on,
+                input,
+            });
+        }
+        let plan = Plan { steps };
+        // Graph problems are reported too, except where a field already has a problem.
+        for found in plan.validate(prefix) {
+            if !issues.iter().any(|i| i.field == found.field) {
+                issues.push(found);
+            }
+        }
+        if issues.is_empty() {
+            Ok(plan)
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Every structural problem of the plan; empty when it is valid.
+    pub fn validate(&self, prefix: &str) -> Vec<PlanIssue> {
+        let mut issues = Vec::new();
+        let n = self.steps.len();
+        if n == 0 {
+            issues.push(issue(
+                format!("{prefix}.subtasks"),
+                "must contain at least one step",
+            ));
+        }
+        if n > MAX_SUBTASKS {
+            issues.push(issue(
+                format!("{prefix}.subtasks"),
+                format!("at most {MAX_SUBTASKS} subtasks, got {n}"),
+            ));
+        }
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(n);
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = format!("{prefix}.subtasks[{i}]");
+            if let Some(problem) = check_name(&step.key, false) {
+                issues.push(issue(format!("{at}.id"), problem));
+            } else if index.insert(step.key.as_str(), i).is_some() {
+                issues.push(issue(
+                    format!("{at}.id"),
+                    format!("duplicate step id {:?}", step.key),
+                ));
+            }
+            if let Some(problem) = check_name(&step.capability, true) {
+                issues.push(issue(format!("{at}.capability"), problem));
+            }
+        }
+        let mut edges_ok = true;
+        for (i, step) in self.steps.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for (j, dep) in step.depends_on.iter().enumerate() {
+                let at = format!("{prefix}.subtasks[{i}].depends_on[{j}]");
+                if dep == &step.key {
+                    issues.push(issue(at, "a step cannot depend on itself"));
+                    edges_ok = false;
+                } else if !index.contains_key(dep.as_str()) {
+                    issues.push(issue(at, format!("unknown step id {dep:?}")));
+                    edges_ok = false;
+                } else if !seen.insert(dep) {
+                    issues.push(issue(at, format!("duplicate dependency {dep:?}")));
+                }
+            }
+        }
+        if edges_ok && issues.is_empty() {
+            if let Some(cycle) = self.find_cycle() {
+                issues.push(issue(
+                    format!("{prefix}.subtasks"),
+                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                ));
+            }
+        }
+        issues
+    }
+
+    /// A cycle among the steps, as step keys, if there is one (Kahn's algorithm; the leftovers
+    /// contain a cycle, which is then walked to report it). Assumes dependencies name steps.
+    pub fn find_cycle(&self) -> Option<Vec<String>> {
+        let index: HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.as_str(), i))
+            .collect();
+        let n = self.steps.len();
+        let mut indegree = vec![0usize; n];
+        let mut dependents = vec![Vec::new(); n];
+        for (i, step) in self.steps.iter().enumerate() {
+            for dep in &step.depends_on {
+                let d = *index.get(dep.as_str())?;
+                indegree[i] += 1;
+                dependents[d].push(i);
+            }
+        }
+        let mut queue: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut done = 0;
+        while let Some(i) = queue.pop() {
+            done += 1;
+            for &k in &dependents[i] {
+                indegree[k] -= 1;
+                if indegree[k] == 0 {
+                    queue.push(k);
+                }
+            }
+        }
+        if done == n {
+            return None;
+        }
+        // Every leftover step has a leftover dependency: walk them until a step repeats.
+        let start = (0..n).find(|&i| indegree[i] > 0)?;
+        let mut path = vec![start];
+        let mut pos: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+        let mut cur = start;
+        loop {
+            let next = self.steps[cur]
+                .depends_on
+                .iter()
+                .map(|d| index[d.as_str()])
+                .find(|&d| indegree[d] > 0)?;
+            if let Some(&p) = pos.get(&next) {
+                let mut cycle: Vec<String> = path[p..]
+                    .iter()
+                    .rev()
+                    .map(|&i| self.steps[i].key.clone())
+                    .collect();
+                cycle.push(cycle[0].clone());
+                return Some(cycle);
+            }
+            pos.insert(next, path.len());
+            path.push(next);
+            cur = next;
+        }
+    }
+
+    /// Turn a valid plan into subtasks of `task_id`, in plan order, all `pending`.
+    ///
+    /// Ids are `<capability>::<task_id>::<n>` with `n` counting that capability's steps from 1.
+    /// Each subtask's input is the step's input with `brief` defaulting to `default_brief`.
+    pub fn instantiate(&self, task_id: &TaskId, default_brief: &str, now: Millis) -> Vec<Subtask> {
+        let mut per_capability: HashMap<&str, u32> = HashMap::new();
+        let ids: Vec<SubtaskId> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let n = per_capability.entry(s.capability.as_str()).or_insert(0);
+                *n += 1;
+                SubtaskId::compose(&s.capability, task_id, *n)
+            })
+            .collect();
+        let by_key: HashMap<&str, &SubtaskId> = self
+            .steps
+            .iter()
+            .zip(&ids)
+            .map(|(s, id)| (s.key.as_str(), id))
+            .collect();
+        self.steps
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, (step, id))| {
+                let mut input = step.input.clone();
+                input
+                    .entry("brief")
+                    .or_insert_with(|| Value::String(default_brief.to_owned()));
+                Subtask {
+                    subtask_id: id.clone(),
+                    task_id: task_id.clone(),
+                    index: i as u32,
+                    key: step.key.clone(),
+                    capability: step.capability.clone(),
+                    depends_on: step
+                        .depends_on
+                        .iter()
+                        .map(|d| by_key[d.as_str()].clone())
+                        .collect(),
+                    input: Value::Object(input),
+                    state: SubtaskState::Pending,
+                    attempts: 0,
+                    assigned_agent: None,
+                    outputs: None,
+                    error: None,
+                    updated_at: now,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn step(key: &str, cap: &str, deps: &[&str]) -> PlanStep {
+        PlanStep {
+            key: key.into(),
+            capability: cap.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            input: Map::new(),
+        }
+    }
+
+    #[test]
+    fn parses_a_client_plan() {
+        let plan = Plan::from_json(
+            &json!({"subtasks": [
+                {"id": "a", "capability": "gen"},
+                {"id": "b", "capability": "gen", "depends_on": ["a"], "input": {"x": 1}}
+            ]}),
+            "plan",
+        )
+        .unwrap();
+        assert_eq!(plan.steps.len(), 2);
+        let subtasks = plan.instantiate(&TaskId::from("t1"), "do it", 0);
+        assert_eq!(subtasks[0].subtask_id.as_str(), "gen::t1::1");
+        assert_eq!(subtasks[1].subtask_id.as_str(), "gen::t1::2");
+        assert_eq!(subtasks[1].depends_on, vec![SubtaskId::from("gen::t1::1")]);
+        assert_eq!(subtasks[1].input, json!({"x": 1, "brief": "do it"}));
+    }
+
+    #[test]
+    fn lists_every_problem() {
+        let err = Plan::from_json(
+            &json!({"subtasks": [
+                {"id": "a"},
+                {"id": 3, "capability": "x y", "depends_on": "a"},
+                {"capability": "ok", "extra": true, "input": []}
+            ], "other": 1}),
+            "plan",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.iter().map(|i| i.field.as_str()).collect();
+        for f in [
+            "plan.other",
+            "plan.subtasks[0].capability",
+            "plan.subtasks[1].id",
+            "plan.subtasks[1].depends_on",
+            "plan.subtasks[2].id",
+            "plan.subtasks[2].extra",
+            "plan.subtasks[2].input",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_graphs() {
+        let cyclic = Plan {
+            steps: vec![
+                step("a", "c", &["c"]),
+                step("b", "c", &["a"]),
+                step("c", "c", &["b"]),
+            ],
+        };
+        let issues = cyclic.validate("plan");
+        assert_eq!(issues.len(), 1);
+        assert!(
+            issues[0].issue.starts_with("dependency cycle"),
+            "{issues:?}"
+        );
+
+        let bad = Plan {
+            steps: vec![step("a", "c", &["a", "zz"]), step("a", "", &[])],
+        };
+        let issues = bad.validate("plan");
+        assert_eq!(issues.len(), 4, "{issues:?}");
+
+        assert_eq!(Plan::default().validate("plan").len(), 1);
+        let big = Plan {
+            steps: (0..=MAX_SUBTASKS)
+                .map(|i| step(&i.to_string(), "c", &[]))
+                .collect(),
+        };
+        assert!(big.validate("plan")[0].issue.contains("at most 1000"));
+    }
+
+    proptest! {
+        /// Any plan whose edges point only backwards is acyclic and valid; adding one forward
+        /// edge that closes a loop makes it invalid.
+        #[test]
+        fn backward_edges_are_acyclic(n in 1usize..60, edges in proptest::collection::vec((0usize..60, 0usize..60), 0..200)) {
+            let mut steps: Vec<PlanStep> = (0..n).map(|i| step(&format!("s{i}"), "cap", &[])).collect();
+            for (a, b) in edges {
+                let (a, b) = (a % n, b % n);
+                if a > b && !steps[a].depends_on.contains(&format!("s{b}")) {
+                    steps[a].depends_on.push(format!("s{b}"));
+                }
+            }
+            let plan = Plan { steps };
+            prop_assert!(plan.validate("plan").is_empty());
+            prop_assert!(plan.find_cycle().is_none());
+            let subtasks = plan.instantiate(&TaskId::from("t"), "b", 0);
+            prop_assert_eq!(subtasks.len(), n);
+            // Dependencies always refer to earlier subtasks.
+            for (i, s) in subtasks.iter().enumerate() {
+                for d in &s.depends_on {
+                    let j = subtasks.iter().position(|o| &o.subtask_id == d).unwrap();
+                    prop_assert!(j < i);
+                }
+            }
+        }
+
+        #[test]
+        fn a_closed_loop_is_found(n in 2usize..40, from in 0usize..40, to in 0usize..40) {
+            // A chain s0 <- s1 <- ... plus an edge from an early step to a later one closes a loop.
+            let (lo, hi) = { let a = from % n; let b = to % n; (a.min(b), a.max(b)) };
+            prop_assume!(lo < hi);
+            let mut steps: Vec<PlanStep> = (0..n).map(|i| step(&format!("s{i}"), "cap", &[])).collect();
+            for (i, step) in steps.iter_mut().enumerate().skip(1) {
+                step.depends_on.push(format!("s{}", i - 1));
+            }
+            steps[lo].depends_on.push(format!("s{hi}"));
+            let plan = Plan { steps };
+            let cycle = plan.find_cycle();
+            prop_assert!(cycle.is_some());
+            let issues = plan.validate("plan");
+            prop_assert_eq!(issues.len(), 1);
+        }
+
+        #[test]
+        fn from_json_never_panics(v in arb_json()) {
+            let _ = Plan::from_json(&v, "plan");
+            let _ = Plan::from_json(&json!({"subtasks": [v]}), "plan");
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_string()),
+                        Just("capability".to_string()),
+                        Just("depends_on".to_string()),
+                        Just("input".to_string()),
+                        Just("subtasks".to_string()),
+                        "[a-z]{1,3}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! The task, subtask and agent state machines of DESIGN.md as pure transition functions.
+//!
+//! Each machine is a closed enum with one `transition(self, to)` that returns the new state or an
+//! [`IllegalTransition`]; an illegal transition is an error, never a silent no-op. The engine
+//! calls these for every change it makes, so the tables below are the single source of truth.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A transition the state machine does not allow.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("illegal {machine} transition {from} -> {to}")]
+pub struct IllegalTransition {
+    /// `task`, `subtask` or `agent`.
+    pub machine: &'static str,
+    /// The state the entity was in.
+    pub from: &'static str,
+    /// The state asked for.
+    pub to: &'static str,
+}
+
+macro_rules! state_enum {
+    ($(#[$doc:meta])* $name:ident, $machine:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every state, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name (`snake_case`).
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parse a wire name.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+
+            /// Move to `to` if the machine allows it.
+            pub fn transition(self, to: $name) -> Result<$name, IllegalTransition> {
+                if self.can_transition(to) {
+                    Ok(to)
+                } else {
+                    Err(IllegalTransition { machine: $machine, from: self.as_str(), to: to.as_str() })
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+state_enum!(
+    /// `planned → running → completed | failed | cancelled`, with side states.
+    TaskStatus, "task" {
+        Planned => "planned",
+        Running => "running",
+        AwaitingApproval => "awaiting_approval",
+        Blocked => "blocked",
+        Escalated => "escalated",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl TaskStatus {
+    /// No transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Whether the machine allows `self → to`.
+    #[allow(clippy::match_like_matches_macro)] // a table of arms reads better than one pattern
+    pub fn can_transition(self, to: TaskStatus) -> bool {
+        use TaskStatus::*;
+        match (self, to) {
+            (Planned, Running | Cancelled | Failed) => true,
+            (Running, AwaitingApproval | Blocked | Escalated) => true,
+            (AwaitingApproval | Blocked | Escalated, Running) => true,
+            (Running | AwaitingApproval | Blocked | Escalated, Completed | Failed | Cancelled) => {
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+state_enum!(
+    /// `pending → ready → assigned → running → (verifying →) completed`, with retries and side states.
+    SubtaskState, "subtask" {
+        Pending => "pending",
+        Ready => "ready",
+        Assigned => "assigned",
+        Running => "running",
+        Verifying => "verifying",
+        RetryWait => "retry_wait",
+        AwaitingApproval => "awaiting_approval",
+        Blocked => "blocked",
+        Escalated => "escalated",
+        Completed => "completed",
+        Skipped => "skipped",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl SubtaskState {
+    /// No transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Skipped | Self::Failed | Self::Cancelled
+        )
+    }
+
+    /// Holds an agent slot: an assignment is live in this state.
+    pub fn is_assigned(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running | Self::Verifying)
+    }
+
+    /// Whether the machine allows `self → to`.
+    pub fn can_transition(self, to: SubtaskState) -> bool {
+        use SubtaskState::*;
+        if self.is_terminal() {
+            return false;
+        }
+        match (self, to) {
+            // Every live state may be cancelled (task cancelled or failed).
+            (_, Cancelled) => true,
+            (Pending, Ready | AwaitingApproval | Skipped) => true,
+            (Ready, Assigned | Blocked) => true,
+            (Blocked, Ready | Escalated) => true,
+            (AwaitingApproval, Ready | Skipped) => true,
+            (Assigned, Running | RetryWait | Failed | Escalated) => true,
+            (Running, Verifying | Completed | RetryWait | Failed | Escalated) => true,
+            (Verifying, Completed | RetryWait | Failed | Escalated) => true,
+            (RetryWait, Ready) => true,
+            (Escalated, Ready | Completed | Skipped | Failed) => true,
+            _ => false,
+        }
+    }
+}
+
+state_enum!(
+    /// `starting → idle ⇄ busy → draining → stopped`; `unhealthy` after missed heartbeats.
+    AgentStatus, "agent" {
+        Starting => "starting",
+        Idle => "idle",
+        Busy => "busy",
+        Draining => "draining",
+        Stopped => "stopped",
+        Unhealthy => "unhealthy",
+        Failed => "failed",
+    }
+);
+
+impl AgentStatus {
+    /// Whether the machine allows `self → to`.
+    #[allow(clippy::match_like_matches_macro)] // a table of arms reads better than one pattern
+    pub fn can_transition(self, to: AgentStatus) -> bool {
+        use AgentStatus::*;
+        match (self, to) {
+            (Starting, Idle | Failed | Stopped | Unhealthy) => true,
+            (Idle, Busy) | (Busy, Idle) => true,
+            (Idle | Busy | Unhealthy, Draining) => true,
+            (Draining, Stopped | Unhealthy) => true,
+            (Idle | Busy, Unhealthy) => true,
+            (Unhealthy, Idle | Busy | Stopped | Failed) => true,
+            (Idle | Busy, Stopped) => true,
+            _ => false,
+        }
+    }
+
+    /// May receive new work (lease new assignments).
+    pub fn accepts_work(self) -> bool {
+        matches!(self, Self::Idle | Self::Busy)
+    }
+
+    /// Still counts as a registered agent that could serve its capabilities.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            Self::Starting | Self::Idle | Self::Busy | Self::Unhealthy
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_happy_path_and_terminals() {
+        let s = TaskStatus::Planned.transition(TaskStatus::Running).unwrap();
+        let s = s.transition(TaskStatus::Completed).unwrap();
+        assert!(s.is_terminal());
+        for &to in TaskStatus::ALL {
+            assert!(TaskStatus::Completed.transition(to).is_err());
+            assert!(TaskStatus::Cancelled.transition(to).is_err());
+        }
+        let err = TaskStatus::Planned
+            .transition(TaskStatus::Completed)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "illegal task transition planned -> completed"
+        );
+    }
+
+    #[test]
+    fn subtask_paths() {
+        use SubtaskState::*;
+        let path = [Pending, Ready, Assigned, Running, Verifying, Completed];
+        for w in path.windows(2) {
+            assert!(w[0].can_transition(w[1]), "{} -> {}", w[0], w[1]);
+        }
+        let retry = [
+            Assigned, RetryWait, Ready, Blocked, Ready, Assigned, Running, Completed,
+        ];
+        for w in retry.windows(2) {
+            assert!(w[0].can_transition(w[1]), "{} -> {}", w[0], w[1]);
+        }
+        assert!(!Pending.can_transition(Assigned));
+        assert!(!Ready.can_transition(Completed));
+        assert!(!RetryWait.can_transition(Assigned));
+        for &s in SubtaskState::ALL {
+            for &t in SubtaskState::ALL {
+                if s.is_terminal() {
+                    assert!(s.transition(t).is_err());
+                }
+            }
+            assert_eq!(SubtaskState::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn agent_paths() {
+        use AgentStatus::*;
+        for w in [Starting, Idle, Busy, Idle, Draining, Stopped].windows(2) {
+            assert!(w[0].can_transition(w[1]));
+        }
+        assert!(Busy.can_transition(Unhealthy) && Unhealthy.can_transition(Idle));
+        assert!(!Stopped.can_transition(Idle));
+        assert!(!Draining.can_transition(Busy));
+        assert!(Idle.accepts_work() && !Draining.accepts_work());
+    }
+
+    #[test]
+    fn wire_names_round_trip() {
+        for &s in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        for &s in AgentStatus::ALL {
+            assert_eq!(AgentStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

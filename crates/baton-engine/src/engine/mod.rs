@@ -1,0 +1,579 @@
+//! The event loop and the state it owns. Command handlers live in the submodules:
+//! `tasks` (submit, execute, cancel, aggregation), `agents` (registration, leases, dispatch,
+//! health), `results` (progress, complete, fail, lost leases, retries) and `recovery`.
+
+mod agents;
+mod recovery;
+mod results;
+mod tasks;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use baton_core::{
+    Agent, AgentId, Assignment, AssignmentId, Event, Millis, Priority, Subtask, SubtaskState, Task,
+    TaskId,
+};
+use baton_store::{Store, SubtaskUpdate, TaskUpdate, WriteBatch};
+use tokio::sync::mpsc;
+
+use crate::committer::{self, Deferred, Flush, Outcome};
+use crate::handle::{Command, Handle, LeaseGrant, NewTask, Reply, Submitted};
+use crate::timers::{Timer, Timers};
+use crate::{now_ms, Config, Error};
+
+/// Commands handled per turn before the turn's writes are flushed.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// How often agents are checked for missed heartbeats.
+const HEALTH_SWEEP_MS: i64 = 1_000;
+
+/// Order of a ready queue: higher priority first, then older tasks (so workflows in flight
+/// finish before new ones start), then plan order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ReadyKey {
+    priority: Reverse<Priority>,
+    seq: i64,
+    idx: u32,
+}
+
+pub(crate) struct TaskRt {
+    pub task: Task,
+    pub subs: Vec<SubRt>,
+    /// Subtasks not yet terminal.
+    pub open: usize,
+}
+
+pub(crate) struct SubRt {
+    pub sub: Subtask,
+    /// Dependencies not yet completed.
+    pub waiting: u32,
+    /// Indices of the subtasks that depend on this one.
+    pub dependents: Vec<u32>,
+    /// The live assignment, if any.
+    pub current: Option<AssignmentId>,
+    /// Agents that ran earlier attempts.
+    pub tried: Vec<AgentId>,
+}
+
+pub(crate) struct AsgRt {
+    pub a: Assignment,
+    pub seq: i64,
+    pub idx: u32,
+    pub timeout_at: Millis,
+    pub phase: Option<String>,
+}
+
+pub(crate) struct Poll {
+    pub id: u64,
+    pub max: u32,
+    pub grants: Vec<LeaseGrant>,
+    pub reply: Reply<Vec<LeaseGrant>>,
+}
+
+pub(crate) struct AgentRt {
+    pub agent: Agent,
+    pub in_flight: HashSet<AssignmentId>,
+    pub last_seen: Option<Millis>,
+    pub unhealthy: bool,
+    pub poll: Option<Poll>,
+    /// Assignments taken away from it, reported at its next heartbeat.
+    pub revoked: Vec<AssignmentId>,
+    pub success_rate: f64,
+    pub latency_ms: f64,
+}
+
+/// The writes and replies of the current turn.
+#[derive(Default)]
+struct Outbox {
+    batch: WriteBatch,
+    replies: Vec<Deferred>,
+}
+
+pub(crate) struct Engine {
+    config: Config,
+    store: Arc<dyn Store>,
+    tasks: HashMap<i64, TaskRt>,
+    task_ids: HashMap<TaskId, i64>,
+    next_seq: i64,
+    /// Submissions of client-chosen ids waiting for a store lookup, by id.
+    pending_submits: HashMap<TaskId, Vec<PendingSubmit>>,
+    agents: HashMap<AgentId, AgentRt>,
+    tokens: HashMap<String, AgentId>,
+    /// Agents that accept work, per capability.
+    capable: HashMap<String, BTreeSet<AgentId>>,
+    /// Agents with a parked lease poll and a free slot, per capability.
+    parked: HashMap<String, BTreeSet<AgentId>>,
+    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    blocked: HashMap<String, BTreeSet<ReadyKey>>,
+    /// Capabilities whose queue or parked agents changed this turn.
+    dirty: HashSet<String>,
+    /// Agents whose poll may need answering at the end of this turn.
+    pending_polls: HashSet<AgentId>,
+    assignments: HashMap<AssignmentId, AsgRt>,
+    timers: Timers,
+    outbox: Outbox,
+    /// Number of the flush the current turn will produce.
+    flush_no: u64,
+    /// Terminal tasks to drop from memory once the flush that finished them is durable.
+    evictions: VecDeque<(u64, i64)>,
+    flush_tx: mpsc::UnboundedSender<Flush>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    /// Set after a failed commit: every later change is refused.
+    failed: Option<String>,
+    poll_ids: u64,
+    /// Shutdown is coming: lease polls are answered at once instead of parked.
+    quiesced: bool,
+    stopping: bool,
+    committer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A submission waiting for the store lookup of its task id.
+pub(crate) type PendingSubmit = (Box<NewTask>, Reply<Submitted>);
+
+/// A stored task with its subtasks.
+pub(crate) type StoredTask = (Task, Vec<Subtask>);
+
+/// Messages the engine sends itself from spawned work.
+pub(crate) enum Internal {
+    Commit(Outcome),
+    /// The store lookup for a client-chosen task id finished.
+    Looked(TaskId, Result<Option<Box<StoredTask>>, String>),
+}
+
+impl Engine {
+    pub(crate) async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<(Handle, tokio::task::JoinHandle<()>), baton_store::Error> {
+        let recovered = store.recover().await?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel();
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(committer::run(store.clone(), flush_rx, outcome_tx));
+        let forward = internal_tx.clone();
+        tokio::spawn(async move {
+            while let Some(outcome) = outcome_rx.recv().await {
+                if forward.send(Internal::Commit(outcome)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut engine = Engine {
+            config,
+            store,
+            tasks: HashMap::new(),
+            task_ids: HashMap::new(),
+            next_seq: recovered.max_seq + 1,
+            pending_submits: HashMap::new(),
+            agents: HashMap::new(),
+            tokens: HashMap::new(),
+            capable: HashMap::new(),
+            parked: HashMap::new(),
+            ready: HashMap::new(),
+            blocked: HashMap::new(),
+            dirty: HashSet::new(),
+            pending_polls: HashSet::new(),
+            assignments: HashMap::new(),
+            timers: Timers::default(),
+            outbox: Outbox::default(),
+            flush_no: 1,
+            evictions: VecDeque::new(),
+            flush_tx,
+            internal_tx,
+            failed: None,
+            poll_ids: 0,
+            quiesced: false,
+            stopping: false,
+            committer: Some(committer),
+        };
+        engine.recover(recovered, now_ms());
+        engine
+            .timers
+            .at(now_ms() + HEALTH_SWEEP_MS, Timer::HealthSweep);
+        engine.end_turn(now_ms());
+        let join = tokio::spawn(engine.run(rx, internal_rx));
+        Ok((Handle { tx }, join))
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
+        loop {
+            let deadline = self.timers.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = (at - now_ms()).max(0) as u64;
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(msg) = internal.recv() => self.on_internal(msg),
+                cmd = rx.recv(), if !self.stopping => match cmd {
+                    Some(cmd) => {
+                        self.on_command(cmd);
+                        let mut n = 1;
+                        while n < MAX_COMMANDS_PER_TURN && !self.stopping {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.on_command(cmd),
+                                Err(_) => break,
+                            }
+                            n += 1;
+                        }
+                    }
+                    None => self.stopping = true,
+                },
+                _ = sleep => {}
+            }
+            self.end_turn(now_ms());
+            if self.stopping && self.pending_submits.is_empty() {
+                break;
+            }
+        }
+        // Hand the last flush to the committer and let it finish: dropping our sender ends it.
+        self.flush();
+        let committer = self.committer.take();
+        drop(self);
+        if let Some(committer) = committer {
+            let _ = committer.await;
+        }
+        tracing::info!("engine stopped");
+    }
+
+    /// Dispatch what this turn's commands made possible (before a zero-wait poll's timer
+    /// answers it), fire due timers, dispatch what they freed, and flush.
+    fn end_turn(&mut self, now: Millis) {
+        self.dispatch(now);
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.on_timer(timer, now);
+        }
+        self.dispatch(now);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let outbox = std::mem::take(&mut self.outbox);
+        if outbox.batch.is_empty() && outbox.replies.is_empty() {
+            return;
+        }
+        let flush = Flush {
+            no: self.flush_no,
+            batch: outbox.batch,
+            replies: outbox.replies,
+        };
+        self.flush_no += 1;
+        if self.flush_tx.send(flush).is_err() {
+            tracing::error!("committer is gone");
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Commit(Outcome::Durable(no)) => {
+                while let Some(&(at, seq)) = self.evictions.front() {
+                    if at > no {
+                        break;
+                    }
+                    self.evictions.pop_front();
+                    self.evict(seq);
+                }
+            }
+            Internal::Commit(Outcome::Failed(error)) => {
+                self.failed = Some(error);
+            }
+            Internal::Looked(task_id, found) => self.on_looked(task_id, found, now_ms()),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = now_ms();
+        if let Some(error) = &self.failed {
+            let error = Error::Unavailable(error.clone());
+            refuse(cmd, error);
+            return;
+        }
+        match cmd {
+            Command::Submit(new, reply) => self.submit(new, reply, now),
+            Command::Execute(task_id, reply) => {
+                let result = self.execute(&task_id, now);
+                self.reply(reply, result);
+            }
+            Command::Cancel(task_id, reply) => {
+                let result = self.cancel(&task_id, now);
+                self.reply(reply, result);
+            }
+            Command::Register(spec, reply) => {
+                let result = self.register(spec, now);
+                self.reply(reply, result);
+            }
+            Command::Drain(agent_id, reply) => {
+                let result = self.drain(&agent_id, now);
+                self.reply(reply, result);
+            }
+            Command::Agents(reply) => {
+                let result = Ok(self.agent_infos());
+                self.reply(reply, result);
+            }
+            Command::Lease {
+                agent_id,
+                token_hash,
+                max,
+                wait_ms,
+                held,
+                reply,
+            } => {
+                let wait_ms = if self.quiesced { 0 } else { wait_ms };
+                self.lease(agent_id, &token_hash, max, wait_ms, held, reply, now)
+            }
+            Command::Heartbeat {
+                agent_id,
+                token_hash,
+                held,
+                reply,
+            } => {
+                let result = self.heartbeat(&agent_id, &token_hash, held, now);
+                self.reply(reply, result);
+            }
+            Command::Quiesce(done) => {
+                self.quiesced = true;
+                let parked: Vec<AgentId> = self
+                    .agents
+                    .values()
+                    .filter(|a| a.poll.is_some())
+                    .map(|a| a.agent.agent_id.clone())
+                    .collect();
+                for id in parked {
+                    self.answer_poll(&id);
+                }
+                self.outbox.replies.push(Box::new(move |_| {
+                    let _ = done.send(());
+                }));
+            }
+            Command::Progress {
+                assignment_id,
+                token_hash,
+                phase,
+                message,
+                reply,
+            } => {
+                let result = self.progress(&assignment_id, &token_hash, phase, message, now);
+                self.reply(reply, result);
+            }
+            Command::Complete {
+                assignment_id,
+                token_hash,
+                outputs,
+                reply,
+            } => self.complete(assignment_id, &token_hash, outputs, reply, now),
+            Command::Fail {
+                assignment_id,
+                token_hash,
+                error,
+                retryable,
+                reply,
+            } => self.fail(assignment_id, &token_hash, error, retryable, reply, now),
+            Command::Shutdown => self.stopping = true,
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer, now: Millis) {
+        match timer {
+            Timer::Lease(id) => self.check_lease(&id, now),
+            Timer::Timeout(id) => self.check_timeout(&id, now),
+            Timer::Retry(seq, idx) => self.retry_due(seq, idx, now),
+            Timer::Poll(agent_id, poll_id) => self.poll_expired(&agent_id, poll_id),
+            Timer::HealthSweep => {
+                self.health_sweep(now);
+                self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
+            }
+        }
+    }
+
+    /// Send `result` once everything written so far is durable.
+    pub(crate) fn reply<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T, Error>) {
+        self.outbox.replies.push(Box::new(move |failure| {
+            let result = match failure {
+                None => result,
+                Some(e) => Err(Error::Unavailable(e.to_owned())),
+            };
+            let _ = reply.send(result);
+        }));
+    }
+
+    // ---- writes ----
+
+    pub(crate) fn write_task(&mut self, seq: i64) {
+        let Some(rt) = self.tasks.get(&seq) else {
+            return;
+        };
+        let t = &rt.task;
+        self.outbox.batch.task_updates.push(TaskUpdate {
+            task_id: t.task_id.clone(),
+            status: t.status,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            result: t.result.clone(),
+        });
+    }
+
+    pub(crate) fn write_subtask(&mut self, seq: i64, idx: u32) {
+        let Some(s) = self.sub(seq, idx) else { return };
+        let s = &s.sub;
+        let update = SubtaskUpdate {
+            subtask_id: s.subtask_id.clone(),
+            state: s.state,
+            attempts: s.attempts,
+            assigned_agent: s.assigned_agent.clone(),
+            outputs: s.outputs.clone(),
+            error: s.error.clone(),
+            updated_at: s.updated_at,
+        };
+        self.outbox.batch.subtask_updates.push(update);
+    }
+
+    pub(crate) fn write_assignment(&mut self, id: &AssignmentId) {
+        if let Some(a) = self.assignments.get(id) {
+            self.outbox.batch.assignments.push(a.a.clone());
+        }
+    }
+
+    pub(crate) fn write_agent(&mut self, id: &AgentId) {
+        if let Some(a) = self.agents.get(id) {
+            self.outbox.batch.agents.push(a.agent.clone());
+        }
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        self.outbox.batch.events.push(event);
+    }
+
+    pub(crate) fn sub(&self, seq: i64, idx: u32) -> Option<&SubRt> {
+        self.tasks.get(&seq)?.subs.get(idx as usize)
+    }
+
+    pub(crate) fn sub_mut(&mut self, seq: i64, idx: u32) -> Option<&mut SubRt> {
+        self.tasks.get_mut(&seq)?.subs.get_mut(idx as usize)
+    }
+
+    /// Move a subtask to `to` (through the core state machine), stamp it, write it and
+    /// append the event.
+    pub(crate) fn set_state(
+        &mut self,
+        seq: i64,
+        idx: u32,
+        to: SubtaskState,
+        agent: Option<AgentId>,
+        note: Option<String>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        let Some(rt) = self.tasks.get_mut(&seq) else {
+            return Err(Error::NotFound(format!("task #{seq}")));
+        };
+        let Some(s) = rt.subs.get_mut(idx as usize) else {
+            return Err(Error::NotFound(format!("subtask {idx} of task #{seq}")));
+        };
+        let from = s.sub.state;
+        s.sub.state = from.transition(to).map_err(|e| {
+            tracing::error!(subtask_id = %s.sub.subtask_id, error = %e, "engine attempted an illegal transition");
+            Error::Conflict(e.to_string())
+        })?;
+        s.sub.updated_at = now;
+        if to.is_terminal() && !from.is_terminal() {
+            rt.open -= 1;
+        }
+        let event = Event {
+            task_id: rt.task.task_id.clone(),
+            at: now,
+            subtask_id: Some(s.sub.subtask_id.clone()),
+            from: Some(from.as_str().to_owned()),
+            to: to.as_str().to_owned(),
+            agent,
+            note,
+        };
+        self.event(event);
+        self.write_subtask(seq, idx);
+        Ok(())
+    }
+
+    /// Queue a subtask that just became `ready`, or block it if no agent offers its capability.
+    pub(crate) fn enqueue_ready(&mut self, seq: i64, idx: u32, now: Millis) {
+        let Some(rt) = self.tasks.get(&seq) else {
+            return;
+        };
+        let priority = rt.task.priority;
+        let cap = rt.subs[idx as usize].sub.capability.clone();
+        let key = ReadyKey {
+            priority: Reverse(priority),
+            seq,
+            idx,
+        };
+        if self.capable.get(&cap).is_some_and(|s| !s.is_empty()) {
+            self.ready.entry(cap.clone()).or_default().insert(key);
+            self.dirty.insert(cap);
+        } else {
+            let note = Some(format!("no registered agent offers capability {cap:?}"));
+            if self
+                .set_state(seq, idx, SubtaskState::Blocked, None, note, now)
+                .is_ok()
+            {
+                tracing::warn!(capability = %cap, task_seq = seq, "subtask blocked: no capable agent");
+                self.blocked.entry(cap).or_default().insert(key);
+            }
+        }
+    }
+
+    /// Drop a durable terminal task from memory.
+    fn evict(&mut self, seq: i64) {
+        let Some(rt) = self.tasks.get(&seq) else {
+            return;
+        };
+        if !rt.task.status.is_terminal() {
+            return;
+        }
+        if let Some(rt) = self.tasks.remove(&seq) {
+            self.task_ids.remove(&rt.task.task_id);
+            for s in rt.subs {
+                for attempt in 1..=s.sub.attempts {
+                    self.assignments
+                        .remove(&assignment_id(seq, s.sub.index, attempt));
+                }
+            }
+        }
+    }
+
+    /// Remember to evict a task once this turn's flush is durable.
+    pub(crate) fn evict_when_durable(&mut self, seq: i64) {
+        self.evictions.push_back((self.flush_no, seq));
+    }
+}
+
+/// Assignment ids are derived from (task seq, subtask index, attempt): unique, stable across
+/// restarts, and cheap to make.
+pub(crate) fn assignment_id(seq: i64, idx: u32, attempt: u32) -> AssignmentId {
+    AssignmentId(format!("as-{seq}-{idx}-{attempt}"))
+}
+
+/// Answer a command with an error without touching state.
+fn refuse(cmd: Command, error: Error) {
+    match cmd {
+        Command::Submit(_, r) => drop(r.send(Err(error))),
+        Command::Execute(_, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::Register(_, r) => drop(r.send(Err(error))),
+        Command::Drain(_, r) => drop(r.send(Err(error))),
+        Command::Agents(r) => drop(r.send(Err(error))),
+        Command::Lease { reply, .. } => drop(reply.send(Err(error))),
+        Command::Heartbeat { reply, .. } => drop(reply.send(Err(error))),
+        Command::Progress { reply, .. }
+        | Command::Complete { reply, .. }
+        | Command::Fail { reply, .. } => drop(reply.send(Err(error))),
+        Command::Quiesce(done) => drop(done.send(())),
+        Command::Shutdown => {}
+    }
+}

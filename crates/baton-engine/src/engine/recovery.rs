@@ -1,0 +1,176 @@
+//! Restart recovery: rebuild the in-memory indexes from what the store committed. Running
+//! tasks resume; live assignments get a fresh lease period (agents could not reach us while
+//! we were down) and are reclaimed if their agent does not come back in time.
+
+use std::collections::HashMap;
+
+use baton_core::{AgentStatus, Millis, SubtaskId, SubtaskState, TaskStatus};
+use baton_store::Recovery;
+
+use super::{AsgRt, Engine, SubRt, TaskRt};
+use crate::timers::Timer;
+
+impl Engine {
+    pub(crate) fn recover(&mut self, recovered: Recovery, now: Millis) {
+        let Recovery {
+            agents,
+            tasks,
+            subtasks,
+            assignments,
+            ..
+        } = recovered;
+        let (n_agents, n_tasks, n_assignments) = (agents.len(), tasks.len(), assignments.len());
+        for agent in agents {
+            self.add_agent(agent, Some(now));
+        }
+        let mut subs_by_task: HashMap<baton_core::TaskId, Vec<baton_core::Subtask>> =
+            HashMap::new();
+        for s in subtasks {
+            subs_by_task.entry(s.task_id.clone()).or_default().push(s);
+        }
+        for task in tasks {
+            let mut subtasks = subs_by_task.remove(&task.task_id).unwrap_or_default();
+            subtasks.sort_by_key(|s| s.index);
+            let index: HashMap<SubtaskId, u32> = subtasks
+                .iter()
+                .map(|s| (s.subtask_id.clone(), s.index))
+                .collect();
+            let mut subs: Vec<SubRt> = subtasks
+                .into_iter()
+                .map(|sub| SubRt {
+                    waiting: 0,
+                    dependents: Vec::new(),
+                    current: None,
+                    tried: sub.assigned_agent.iter().cloned().collect(),
+                    sub,
+                })
+                .collect();
+            for i in 0..subs.len() {
+                let deps = subs[i].sub.depends_on.clone();
+                for dep in deps {
+                    if let Some(&d) = index.get(&dep) {
+                        subs[d as usize].dependents.push(i as u32);
+                        if subs[d as usize].sub.state != SubtaskState::Completed {
+                            subs[i].waiting += 1;
+                        }
+                    }
+                }
+            }
+            let open = subs.iter().filter(|s| !s.sub.state.is_terminal()).count();
+            let seq = task.seq;
+            self.task_ids.insert(task.task_id.clone(), seq);
+            self.tasks.insert(seq, TaskRt { task, subs, open });
+        }
+        let lease_ms = self.config.lease.as_millis() as i64;
+        for mut a in assignments {
+            let Some(&seq) = self.task_ids.get(&a.task_id) else {
+                continue;
+            };
+            let Some(idx) = self.tasks[&seq]
+                .subs
+                .iter()
+                .position(|s| s.sub.subtask_id == a.subtask_id)
+            else {
+                continue;
+            };
+            let idx = idx as u32;
+            let timeout_ms = self.tasks[&seq].task.timeout_ms as i64;
+            a.lease_expires_at = a.lease_expires_at.max(now + lease_ms);
+            let id = a.assignment_id.clone();
+            if let Some(agent) = self.agents.get_mut(&a.agent_id) {
+                agent.in_flight.insert(id.clone());
+            }
+            self.timers.at(a.lease_expires_at, Timer::Lease(id.clone()));
+            self.timers
+                .at(a.created_at + timeout_ms, Timer::Timeout(id.clone()));
+            self.assignments.insert(
+                id.clone(),
+                AsgRt {
+                    timeout_at: a.created_at + timeout_ms,
+                    a,
+                    seq,
+                    idx,
+                    phase: None,
+                },
+            );
+            if let Some(s) = self.sub_mut(seq, idx) {
+                s.current = Some(id);
+            }
+        }
+        // Put every live subtask back where it belongs.
+        let seqs: Vec<i64> = self.tasks.keys().copied().collect();
+        for seq in seqs {
+            if self.tasks[&seq].task.status == TaskStatus::Planned {
+                continue;
+            }
+            let n = self.tasks[&seq].subs.len() as u32;
+            for idx in 0..n {
+                let (state, current) = {
+                    let s = &self.tasks[&seq].subs[idx as usize];
+                    (s.sub.state, s.current.clone())
+                };
+                match state {
+                    SubtaskState::Ready => self.enqueue_ready(seq, idx, now),
+                    SubtaskState::Blocked => {
+                        if self
+                            .capable
+                            .get(&self.tasks[&seq].subs[idx as usize].sub.capability)
+                            .is_some_and(|s| !s.is_empty())
+                        {
+                            self.make_ready(seq, idx, now);
+                        } else {
+                            let cap = self.tasks[&seq].subs[idx as usize].sub.capability.clone();
+                            self.blocked
+                                .entry(cap)
+                                .or_default()
+                                .insert(super::ReadyKey {
+                                    priority: std::cmp::Reverse(self.tasks[&seq].task.priority),
+                                    seq,
+                                    idx,
+                                });
+                        }
+                    }
+                    SubtaskState::RetryWait => self.timers.at(now, Timer::Retry(seq, idx)),
+                    SubtaskState::Pending if self.tasks[&seq].subs[idx as usize].waiting == 0 => {
+                        self.make_ready(seq, idx, now)
+                    }
+                    s if s.is_assigned() && current.is_none() => {
+                        // Committed as assigned without a live assignment: treat the attempt as lost.
+                        tracing::warn!(
+                            task_seq = seq,
+                            idx,
+                            "assigned subtask without a live assignment; retrying"
+                        );
+                        let _ = self.set_state(
+                            seq,
+                            idx,
+                            SubtaskState::RetryWait,
+                            None,
+                            Some("recovered without a live assignment".into()),
+                            now,
+                        );
+                        self.timers.at(now, Timer::Retry(seq, idx));
+                    }
+                    _ => {}
+                }
+            }
+            self.after_terminal_subtask(seq, now);
+        }
+        // Draining agents whose work is done are stopped.
+        let draining: Vec<_> = self
+            .agents
+            .values()
+            .filter(|a| a.agent.status == AgentStatus::Draining)
+            .map(|a| a.agent.agent_id.clone())
+            .collect();
+        for id in draining {
+            self.stop_if_drained(&id);
+        }
+        tracing::info!(
+            agents = n_agents,
+            tasks = n_tasks,
+            assignments = n_assignments,
+            "recovered"
+        );
+    }
+}

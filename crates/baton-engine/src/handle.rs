@@ -1,0 +1,294 @@
+//! The engine's public face: the [`Handle`] the server holds, the commands it sends, and the
+//! data that comes back.
+
+use baton_core::{
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, Subtask, Task,
+    TaskId, TaskStatus,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+
+/// A planned task ready to be accepted: the task (status `planned`, `seq` assigned by the
+/// engine) and its subtasks (all `pending`).
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub task: Task,
+    pub subtasks: Vec<Subtask>,
+    /// Start executing right away (`POST /tasks`).
+    pub execute: bool,
+    /// The client chose the id, so it may already exist and must be looked up.
+    pub client_chosen_id: bool,
+}
+
+/// A task and its subtasks as of a reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSnapshot {
+    pub task: Task,
+    pub subtasks: Vec<Subtask>,
+}
+
+/// The outcome of a submission.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Submitted {
+    /// Accepted and committed now.
+    Created(TaskSnapshot),
+    /// The same body was submitted before; nothing changed.
+    Existing(TaskSnapshot),
+}
+
+/// A registration request.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub name: String,
+    pub kind: String,
+    pub capabilities: Vec<String>,
+    pub domains: Vec<String>,
+    pub max_concurrency: u32,
+}
+
+/// A new registration: the agent and its token (the only time the token is seen).
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub agent: Agent,
+    pub token: String,
+}
+
+/// An agent with its live figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentInfo {
+    pub agent: Agent,
+    /// Effective status: `busy` while it has work, `unhealthy` after missed heartbeats.
+    pub status: AgentStatus,
+    pub in_flight: u32,
+    pub last_seen: Option<Millis>,
+}
+
+/// One assignment handed out by a lease call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseGrant {
+    pub assignment: Assignment,
+    pub capability: String,
+    /// Brief, parameters and the outputs of direct dependencies.
+    pub input: Value,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeartbeatInfo {
+    pub status: AgentStatus,
+    /// The renewed deadline of its leases, when it holds any.
+    pub lease_expires_at: Option<Millis>,
+    /// Assignments it should abandon (cancelled or lost).
+    pub revoked: Vec<AssignmentId>,
+}
+
+/// The state of an assignment after progress, complete or fail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssignmentInfo {
+    pub assignment_id: AssignmentId,
+    pub state: AssignmentState,
+    pub lease_expires_at: Option<Millis>,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// What the engine can be asked. Token fields carry the sha256 of the bearer token.
+pub(crate) enum Command {
+    Submit(Box<NewTask>, Reply<Submitted>),
+    Execute(TaskId, Reply<TaskStatus>),
+    Cancel(TaskId, Reply<TaskStatus>),
+    Register(AgentSpec, Reply<Registered>),
+    Drain(AgentId, Reply<AgentInfo>),
+    Agents(Reply<Vec<AgentInfo>>),
+    Lease {
+        agent_id: AgentId,
+        token_hash: String,
+        max: u32,
+        wait_ms: u64,
+        held: Option<Vec<AssignmentId>>,
+        reply: Reply<Vec<LeaseGrant>>,
+    },
+    Heartbeat {
+        agent_id: AgentId,
+        token_hash: String,
+        held: Option<Vec<AssignmentId>>,
+        reply: Reply<HeartbeatInfo>,
+    },
+    Progress {
+        assignment_id: AssignmentId,
+        token_hash: String,
+        phase: String,
+        message: Option<String>,
+        reply: Reply<AssignmentInfo>,
+    },
+    Complete {
+        assignment_id: AssignmentId,
+        token_hash: String,
+        outputs: Value,
+        reply: Reply<AssignmentInfo>,
+    },
+    Fail {
+        assignment_id: AssignmentId,
+        token_hash: String,
+        error: String,
+        retryable: bool,
+        reply: Reply<AssignmentInfo>,
+    },
+    /// Answer every parked lease poll now and park no more (shutdown is coming).
+    Quiesce(oneshot::Sender<()>),
+    Shutdown,
+}
+
+/// A cheap, cloneable way to talk to the engine.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    pub(crate) tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Accept a planned task (and start it when `new.execute`).
+    pub async fn submit(&self, new: NewTask) -> Result<Submitted, Error> {
+        self.ask(|r| Command::Submit(Box::new(new), r)).await
+    }
+
+    /// Start a planned task; a running one stays running.
+    pub async fn execute(&self, task_id: TaskId) -> Result<TaskStatus, Error> {
+        self.ask(|r| Command::Execute(task_id, r)).await
+    }
+
+    /// Cancel a task and its running assignments.
+    pub async fn cancel(&self, task_id: TaskId) -> Result<TaskStatus, Error> {
+        self.ask(|r| Command::Cancel(task_id, r)).await
+    }
+
+    /// Register an agent.
+    pub async fn register(&self, spec: AgentSpec) -> Result<Registered, Error> {
+        self.ask(|r| Command::Register(spec, r)).await
+    }
+
+    /// Stop giving an agent new work; it stops once its assignments finish.
+    pub async fn drain(&self, agent_id: AgentId) -> Result<AgentInfo, Error> {
+        self.ask(|r| Command::Drain(agent_id, r)).await
+    }
+
+    /// Every registered agent, stopped ones included.
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>, Error> {
+        self.ask(Command::Agents).await
+    }
+
+    /// Lease up to `max` assignments, waiting up to `wait_ms` for work. `held` renews those
+    /// leases of the agent (see [`Handle::heartbeat`]).
+    pub async fn lease(
+        &self,
+        agent_id: AgentId,
+        token_hash: String,
+        max: u32,
+        wait_ms: u64,
+        held: Option<Vec<AssignmentId>>,
+    ) -> Result<Vec<LeaseGrant>, Error> {
+        self.ask(|reply| Command::Lease {
+            agent_id,
+            token_hash,
+            max,
+            wait_ms,
+            held,
+            reply,
+        })
+        .await
+    }
+
+    /// Renew the agent's leases and learn what it should abandon. With `held`, only the
+    /// listed assignments are renewed: one whose lease answer never reached the agent then
+    /// expires and is retried instead of being kept alive by an agent that does not know it.
+    pub async fn heartbeat(
+        &self,
+        agent_id: AgentId,
+        token_hash: String,
+        held: Option<Vec<AssignmentId>>,
+    ) -> Result<HeartbeatInfo, Error> {
+        self.ask(|reply| Command::Heartbeat {
+            agent_id,
+            token_hash,
+            held,
+            reply,
+        })
+        .await
+    }
+
+    /// Report a phase of an assignment (renews its lease).
+    pub async fn progress(
+        &self,
+        assignment_id: AssignmentId,
+        token_hash: String,
+        phase: String,
+        message: Option<String>,
+    ) -> Result<AssignmentInfo, Error> {
+        self.ask(|reply| Command::Progress {
+            assignment_id,
+            token_hash,
+            phase,
+            message,
+            reply,
+        })
+        .await
+    }
+
+    /// Report the outputs of an assignment.
+    pub async fn complete(
+        &self,
+        assignment_id: AssignmentId,
+        token_hash: String,
+        outputs: Value,
+    ) -> Result<AssignmentInfo, Error> {
+        self.ask(|reply| Command::Complete {
+            assignment_id,
+            token_hash,
+            outputs,
+            reply,
+        })
+        .await
+    }
+
+    /// Report the failure of an assignment.
+    pub async fn fail(
+        &self,
+        assignment_id: AssignmentId,
+        token_hash: String,
+        error: String,
+        retryable: bool,
+    ) -> Result<AssignmentInfo, Error> {
+        self.ask(|reply| Command::Fail {
+            assignment_id,
+            token_hash,
+            error,
+            retryable,
+            reply,
+        })
+        .await
+    }
+
+    /// Answer parked lease polls at once and stop parking new ones, so that HTTP shutdown
+    /// need not wait out long polls.
+    pub async fn quiesce(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Quiesce(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Ask the loop to stop after committing what it has accepted.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+}

@@ -1,0 +1,106 @@
+//! The running orchestrator: one event loop that owns every in-memory index (live tasks and
+//! their subtasks, ready queues per capability, agents and their parked lease polls,
+//! assignments and timers), talks to storage through [`baton_store::Store`], and answers the
+//! server through a cheap [`Handle`].
+//!
+//! Invariants:
+//! - One task owns the state; everyone else sends [`Command`]s. No shared mutable state.
+//! - Every reply is sent only after every write issued before it is committed, so a 2xx
+//!   answer never reveals or acknowledges anything a crash could lose (group commit: many
+//!   commands share one transaction and one fsync).
+//! - Every state change goes through the core's transition functions and appends an event.
+//! - A result is accepted only from the subtask's current, active assignment (fencing).
+
+mod committer;
+mod engine;
+mod handle;
+mod timers;
+
+pub use handle::{
+    AgentInfo, AgentSpec, AssignmentInfo, Handle, HeartbeatInfo, LeaseGrant, NewTask, Registered,
+    Submitted, TaskSnapshot,
+};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::retry::RetryPolicy;
+use baton_store::Store;
+
+/// Engine errors as the server maps them to HTTP statuses.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request conflicts with the current state; nothing changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// 401: missing or wrong bearer token.
+    #[error("invalid or missing agent token")]
+    Unauthorized,
+    /// 403: authenticated, but not allowed to touch this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 503: storage failed; the change was not committed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// 503: the engine has stopped.
+    #[error("the orchestrator is shutting down")]
+    Stopped,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// Default per-subtask timeout.
+    pub subtask_timeout: Duration,
+    /// Attempts and backoff.
+    pub retry: RetryPolicy,
+    /// Longest long-poll a lease call may ask for.
+    pub max_lease_wait: Duration,
+    /// Largest batch one lease call may ask for.
+    pub max_lease_batch: u32,
+    /// Commands waiting for the loop before senders wait (backpressure).
+    pub queue_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            subtask_timeout: Duration::from_millis(baton_core::model::DEFAULT_TIMEOUT_MS),
+            retry: RetryPolicy::default(),
+            max_lease_wait: Duration::from_secs(60),
+            max_lease_batch: 256,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// Recover state from `store` and start the engine on the current tokio runtime.
+///
+/// Returns the handle and the loop's join handle; the loop ends when every [`Handle`] is
+/// dropped or [`Handle::shutdown`] is called, after committing what it has accepted.
+pub async fn start(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), baton_store::Error> {
+    engine::Engine::start(config, store).await
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> baton_core::Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The sha256 of a bearer token, hex: how tokens are stored and compared.
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}

@@ -1,0 +1,124 @@
+//! Domain types to wire types, and timestamps to RFC 3339.
+
+use baton_api as api;
+use baton_core::{Event, Millis, Subtask, Task};
+use baton_engine::{AgentInfo, LeaseGrant, TaskSnapshot};
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// RFC 3339 (UTC, always three fractional digits) for a Unix-epoch millisecond time.
+pub fn timestamp(ms: Millis) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn planned(s: &TaskSnapshot) -> api::PlannedTask {
+    api::PlannedTask {
+        task_id: s.task.task_id.to_string(),
+        status: s.task.status.to_string(),
+        subtasks: s
+            .subtasks
+            .iter()
+            .map(|st| api::PlannedSubtask {
+                subtask_id: st.subtask_id.to_string(),
+                agent: st.capability.clone(),
+                state: st.state.to_string(),
+                depends_on: st.depends_on.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn detail(
+    task: Task,
+    subtasks: Vec<Subtask>,
+    events: Vec<Event>,
+    now: Millis,
+) -> api::TaskDetail {
+    api::TaskDetail {
+        metrics: api::Metrics {
+            elapsed_seconds: task.elapsed_seconds(now),
+            on_time: task.on_time(now),
+        },
+        task_id: task.task_id.to_string(),
+        title: task.title,
+        description: task.description,
+        task_type: task.task_type,
+        priority: task.priority.value(),
+        status: task.status.to_string(),
+        created_at: timestamp(task.created_at),
+        started_at: task.started_at.map(timestamp),
+        finished_at: task.finished_at.map(timestamp),
+        subtasks: subtasks
+            .into_iter()
+            .map(|s| api::SubtaskDetail {
+                subtask_id: s.subtask_id.to_string(),
+                agent: s.capability,
+                assigned_agent: s.assigned_agent.map(|a| a.to_string()),
+                state: s.state.to_string(),
+                attempts: s.attempts,
+                depends_on: s.depends_on.iter().map(ToString::to_string).collect(),
+                outputs: s.outputs,
+                error: s.error,
+            })
+            .collect(),
+        result: task.result,
+        status_history: events
+            .into_iter()
+            .map(|e| api::HistoryEntry {
+                at: timestamp(e.at),
+                subtask_id: e.subtask_id.map(|s| s.to_string()),
+                from: e.from,
+                to: e.to,
+                agent: e.agent.map(|a| a.to_string()),
+                note: e.note,
+            })
+            .collect(),
+    }
+}
+
+pub fn summary(task: Task) -> api::TaskSummary {
+    api::TaskSummary {
+        task_id: task.task_id.to_string(),
+        title: task.title,
+        task_type: task.task_type,
+        priority: task.priority.value(),
+        status: task.status.to_string(),
+        created_at: timestamp(task.created_at),
+        finished_at: task.finished_at.map(timestamp),
+    }
+}
+
+pub fn agent(info: AgentInfo) -> api::AgentView {
+    let a = info.agent;
+    api::AgentView {
+        load: info.in_flight as f64 / a.max_concurrency.max(1) as f64,
+        agent_id: a.agent_id.to_string(),
+        name: a.name,
+        kind: a.kind,
+        skills: a.capabilities,
+        domains: a.domains,
+        status: info.status.to_string(),
+        in_flight: info.in_flight,
+        max_concurrency: a.max_concurrency,
+        last_seen: info.last_seen.map(timestamp),
+    }
+}
+
+pub fn lease(g: LeaseGrant) -> api::Lease {
+    let a = g.assignment;
+    api::Lease {
+        idempotency_key: a.idempotency_key(),
+        assignment_id: a.assignment_id.to_string(),
+        task_id: a.task_id.to_string(),
+        subtask_id: a.subtask_id.to_string(),
+        capability: g.capability,
+        attempt: a.attempt,
+        lease_expires_at: timestamp(a.lease_expires_at),
+        input: g.input,
+    }
+}

@@ -1,0 +1,97 @@
+//! The one error type at the edge: every failure becomes `{error, message, fields?}` with the
+//! right status. Internal details are logged, not sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use baton_api::{ErrorBody, FieldIssue};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Vec<FieldIssue>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// 400 listing every invalid field.
+    pub fn invalid(fields: Vec<FieldIssue>) -> Self {
+        let n = fields.len();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "validation_failed",
+            message: format!("{n} invalid field{}", if n == 1 { "" } else { "s" }),
+            fields,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token",
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl From<baton_engine::Error> for ApiError {
+    fn from(e: baton_engine::Error) -> Self {
+        use baton_engine::Error as E;
+        match e {
+            E::NotFound(m) => Self::not_found(m),
+            E::Conflict(m) => Self::conflict(m),
+            E::Unauthorized => Self::unauthorized(),
+            E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
+            E::Unavailable(m) => {
+                tracing::error!(error = %m, "storage unavailable");
+                Self::unavailable("storage is unavailable; the change was not committed")
+            }
+            E::Stopped => Self::unavailable("the orchestrator is shutting down"),
+        }
+    }
+}
+
+impl From<baton_store::Error> for ApiError {
+    fn from(e: baton_store::Error) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        Self::unavailable("storage is unavailable")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+            fields: self.fields,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,215 @@
+//! Tasks: submit (`/orchestrate`, `POST /tasks`), execute, read, list, cancel.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine as _;
+use baton_api as api;
+use baton_core::{Priority, TaskId, TaskStatus};
+use baton_engine::{now_ms, Submitted};
+use baton_store::TaskQuery;
+use std::collections::HashMap;
+
+use crate::convert;
+use crate::extract::{JsonBody, PathId};
+use crate::validate::{self, Fields};
+use crate::{ApiError, AppState};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orchestrate", post(orchestrate))
+        .route("/tasks", post(submit).get(list))
+        .route("/tasks/{task_id}", get(detail))
+        .route("/tasks/{task_id}/cancel", put(cancel))
+        .route("/execute/{task_id}", post(execute))
+}
+
+async fn accept(
+    state: &AppState,
+    body: serde_json::Value,
+    execute: bool,
+) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
+    let new = validate::submission(&body, execute, now_ms()).map_err(ApiError::invalid)?;
+    Ok(match state.engine.submit(new).await? {
+        Submitted::Created(s) => (StatusCode::CREATED, Json(convert::planned(&s))),
+        Submitted::Existing(s) => (StatusCode::OK, Json(convert::planned(&s))),
+    })
+}
+
+async fn orchestrate(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
+    accept(&state, body, false).await
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
+    accept(&state, body, true).await
+}
+
+async fn execute(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+    JsonBody(body): JsonBody,
+) -> Result<Json<api::TaskStatusReply>, ApiError> {
+    let mut f = Fields::new(&body, &["execution_mode", "checkpoints"]);
+    if let Some(mode) = f.string("execution_mode", false, 16) {
+        if mode != "auto" {
+            f.problem(
+                "execution_mode",
+                "only \"auto\" is supported (manual approval comes with governance)",
+            );
+        }
+    }
+    if f.raw("checkpoints").is_some() {
+        f.problem("checkpoints", "checkpoints are not supported yet");
+    }
+    f.finish(Some(())).map_err(ApiError::invalid)?;
+    let task_id = TaskId(task_id);
+    let status = or_finished(
+        &state,
+        &task_id,
+        state.engine.execute(task_id.clone()).await,
+    )
+    .await?;
+    Ok(Json(api::TaskStatusReply {
+        task_id: task_id.to_string(),
+        status: status.to_string(),
+    }))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+) -> Result<Json<api::TaskStatusReply>, ApiError> {
+    let task_id = TaskId(task_id);
+    let status = or_finished(&state, &task_id, state.engine.cancel(task_id.clone()).await).await?;
+    Ok(Json(api::TaskStatusReply {
+        task_id: task_id.to_string(),
+        status: status.to_string(),
+    }))
+}
+
+/// The engine forgets finished tasks once they are durable; a task it does not know may
+/// still be in the store, finished, which makes the request a conflict rather than a 404.
+async fn or_finished(
+    state: &AppState,
+    task_id: &TaskId,
+    result: Result<TaskStatus, baton_engine::Error>,
+) -> Result<TaskStatus, ApiError> {
+    match result {
+        Err(baton_engine::Error::NotFound(m)) => match state.store.task(task_id).await? {
+            Some((task, _)) => Err(ApiError::conflict(format!(
+                "task {task_id:?} is already {}",
+                task.status
+            ))),
+            None => Err(ApiError::not_found(m)),
+        },
+        other => Ok(other?),
+    }
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+) -> Result<Json<api::TaskDetail>, ApiError> {
+    let task_id = TaskId(task_id);
+    let Some((task, subtasks)) = state.store.task(&task_id).await? else {
+        return Err(ApiError::not_found(format!("task {task_id:?} not found")));
+    };
+    let events = state.store.timeline(&task_id).await?;
+    Ok(Json(convert::detail(task, subtasks, events, now_ms())))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<api::TaskList>, ApiError> {
+    let mut issues = Vec::new();
+    let mut query = TaskQuery {
+        limit: DEFAULT_LIMIT,
+        ..TaskQuery::default()
+    };
+    for (key, value) in &params {
+        let problem = match key.as_str() {
+            "status" => match TaskStatus::parse(value) {
+                Some(s) => {
+                    query.status = Some(s);
+                    None
+                }
+                None => Some("unknown status"),
+            },
+            "priority" => match Priority::parse(value) {
+                Some(p) => {
+                    query.priority = Some(p);
+                    None
+                }
+                None => Some("must be low, normal, high, critical or 1-10"),
+            },
+            "task_type" => {
+                query.task_type = Some(value.clone());
+                None
+            }
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => {
+                    query.limit = n;
+                    None
+                }
+                _ => Some("must be an integer from 1 to 500"),
+            },
+            "cursor" => match decode_cursor(value) {
+                Some(seq) => {
+                    query.before_seq = Some(seq);
+                    None
+                }
+                None => Some("not a cursor returned by this API"),
+            },
+            _ => Some("unknown query parameter"),
+        };
+        if let Some(problem) = problem {
+            issues.push(api::FieldIssue {
+                field: key.clone(),
+                issue: problem.into(),
+            });
+        }
+    }
+    if !issues.is_empty() {
+        issues.sort_by(|a, b| a.field.cmp(&b.field));
+        return Err(ApiError::invalid(issues));
+    }
+    let limit = query.limit;
+    query.limit = limit + 1;
+    let mut tasks = state.store.list_tasks(&query).await?;
+    let next_cursor = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| encode_cursor(t.seq))
+    } else {
+        None
+    };
+    Ok(Json(api::TaskList {
+        tasks: tasks.into_iter().map(convert::summary).collect(),
+        next_cursor,
+    }))
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+}
+
+fn decode_cursor(text: &str) -> Option<i64> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("seq:")?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,149 @@
+//! Durable storage for Baton: the [`Store`] trait every backend implements, its error type,
+//! the write batch the engine hands over, and the conformance suite every backend must pass.
+//!
+//! Invariants:
+//! - `commit` is atomic and durable: when it returns `Ok`, the whole batch survives a crash
+//!   (SQLite: WAL with `synchronous=FULL`); when it returns `Err`, none of it is visible.
+//! - Reads see only committed data.
+//! - Backends persist the core types as they are and add no behaviour of their own, so the
+//!   engine behaves the same on every backend. Only store crates hold SQL.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use baton_core::{
+    Agent, Assignment, AssignmentId, Event, Millis, Priority, Subtask, SubtaskId, SubtaskState,
+    Task, TaskId, TaskStatus,
+};
+use serde_json::Value;
+
+pub use sqlite::SqliteStore;
+
+/// Storage failures. None of them is caused by client input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend failed (IO, constraint, connection).
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A change of a task's lifecycle fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskUpdate {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub result: Option<Value>,
+}
+
+/// A change of a subtask's mutable fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubtaskUpdate {
+    pub subtask_id: SubtaskId,
+    pub state: SubtaskState,
+    pub attempts: u32,
+    pub assigned_agent: Option<baton_core::AgentId>,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+    pub updated_at: Millis,
+}
+
+/// Everything one commit writes. Applied in field order: agents, new tasks, new subtasks,
+/// task updates, subtask updates, assignments, events; within a field in list order, so a
+/// later update of the same row wins. Inserting a task id or `seq` that exists, or updating a
+/// task or subtask that does not exist, fails the whole batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteBatch {
+    /// Inserted or replaced whole.
+    pub agents: Vec<Agent>,
+    /// Inserted; a task id is never inserted twice.
+    pub new_tasks: Vec<Task>,
+    /// Inserted with their task.
+    pub new_subtasks: Vec<Subtask>,
+    pub task_updates: Vec<TaskUpdate>,
+    pub subtask_updates: Vec<SubtaskUpdate>,
+    /// Inserted or replaced whole.
+    pub assignments: Vec<Assignment>,
+    /// Appended to the timeline.
+    pub events: Vec<Event>,
+}
+
+impl WriteBatch {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+            && self.new_tasks.is_empty()
+            && self.new_subtasks.is_empty()
+            && self.task_updates.is_empty()
+            && self.subtask_updates.is_empty()
+            && self.assignments.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// Append `other` after this batch's writes (group commit).
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.agents.extend(other.agents);
+        self.new_tasks.extend(other.new_tasks);
+        self.new_subtasks.extend(other.new_subtasks);
+        self.task_updates.extend(other.task_updates);
+        self.subtask_updates.extend(other.subtask_updates);
+        self.assignments.extend(other.assignments);
+        self.events.extend(other.events);
+    }
+}
+
+/// What the engine needs to resume after a restart.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recovery {
+    /// Every agent that is not `stopped`.
+    pub agents: Vec<Agent>,
+    /// Every task that is not terminal, in `seq` order.
+    pub tasks: Vec<Task>,
+    /// The subtasks of those tasks, by task then plan order.
+    pub subtasks: Vec<Subtask>,
+    /// Every assignment in state `active`.
+    pub assignments: Vec<Assignment>,
+    /// The largest task `seq` ever stored (0 when none).
+    pub max_seq: i64,
+}
+
+/// Filters of `GET /tasks`; results come newest first (by `seq`, descending).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub priority: Option<Priority>,
+    pub task_type: Option<String>,
+    /// Only tasks with `seq` below this (the cursor).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// A durable home for tasks, subtasks, assignments, agents and timelines.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Apply `batch` atomically and durably.
+    async fn commit(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Load the state to resume from.
+    async fn recover(&self) -> Result<Recovery>;
+
+    /// A task and its subtasks (plan order).
+    async fn task(&self, task_id: &TaskId) -> Result<Option<(Task, Vec<Subtask>)>>;
+
+    /// A task's timeline, oldest first (commit order, then order within the batch).
+    async fn timeline(&self, task_id: &TaskId) -> Result<Vec<Event>>;
+
+    /// Tasks matching `query`, newest first, at most `query.limit`.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;
+
+    /// One assignment.
+    async fn assignment(&self, assignment_id: &AssignmentId) -> Result<Option<Assignment>>;
+}

@@ -1,0 +1,486 @@
+//! The SQLite backend on real files: the conformance suite (one fresh database per case), and
+//! what only this backend has — reopening, migrations, pragmas, crash durability, decoding of
+//! damaged rows, and reads beside a held write lock.
+
+use baton_core::{
+    AgentStatus, AssignmentId, AssignmentState, SubtaskState, Task, TaskId, TaskStatus,
+};
+use baton_store::conformance::{agent, assignment, event, subtask, task};
+use baton_store::{
+    Error, Recovery, SqliteStore, Store, SubtaskUpdate, TaskQuery, TaskUpdate, WriteBatch,
+};
+use rusqlite::Connection;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use tempfile::TempDir;
+
+async fn fresh() -> (SqliteStore, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open fresh store");
+    (store, dir)
+}
+
+mod conformance {
+    use super::fresh;
+    baton_store::store_conformance_tests!(fresh);
+}
+
+/// A raw connection to the store's file, for inspecting and damaging it behind its back.
+fn raw(dir: &Path) -> Connection {
+    Connection::open(dir.join(baton_store::sqlite::DB_FILE)).expect("raw connection")
+}
+
+/// A running task with two subtasks, an agent, an assignment and events.
+fn sample_batch(id: &str, seq: i64) -> WriteBatch {
+    let s0 = subtask(id, 0);
+    let s1 = subtask(id, 1);
+    WriteBatch {
+        agents: vec![agent(&format!("ag-{id}"), AgentStatus::Busy)],
+        new_tasks: vec![Task {
+            status: TaskStatus::Running,
+            started_at: Some(seq),
+            result: Some(json!({ "partial": "ü" })),
+            ..task(id, seq)
+        }],
+        new_subtasks: vec![s0.clone(), s1],
+        assignments: vec![assignment(
+            &format!("as-{id}"),
+            &s0,
+            &format!("ag-{id}"),
+            AssignmentState::Active,
+        )],
+        events: vec![event(id, seq, "planned"), event(id, seq + 1, "running")],
+        ..WriteBatch::default()
+    }
+}
+
+/// Everything a reader can see of the tasks `ids`.
+async fn everything(store: &SqliteStore, ids: &[&str]) -> (Recovery, Vec<Task>, Vec<String>) {
+    let recovery = store.recover().await.expect("recover");
+    let listed = store
+        .list_tasks(&TaskQuery {
+            limit: 1_000,
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    let mut details = Vec::new();
+    for id in ids {
+        let id = TaskId::from(*id);
+        details.push(format!(
+            "{:?} {:?}",
+            store.task(&id).await.expect("task"),
+            store.timeline(&id).await.expect("timeline")
+        ));
+    }
+    (recovery, listed, details)
+}
+
+#[tokio::test]
+async fn data_survives_drop_and_reopen() {
+    let (store, dir) = fresh().await;
+    store.commit(sample_batch("t-1", 1)).await.unwrap();
+    store.commit(sample_batch("t-2", 2)).await.unwrap();
+    store
+        .commit(WriteBatch {
+            task_updates: vec![TaskUpdate {
+                task_id: TaskId::from("t-1"),
+                status: TaskStatus::Completed,
+                started_at: Some(1),
+                finished_at: Some(9),
+                result: Some(json!(null)),
+            }],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let before = everything(&store, &["t-1", "t-2"]).await;
+    assert_eq!(before.0.tasks.len(), 1, "t-2 is the only live task");
+    assert_eq!(before.0.max_seq, 2);
+    drop(store);
+
+    let reopened = SqliteStore::open(dir.path()).expect("reopen");
+    let after = everything(&reopened, &["t-1", "t-2"]).await;
+    assert_eq!(after, before, "state after reopen");
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let (first, dir) = fresh().await;
+    first.commit(sample_batch("t-1", 1)).await.unwrap();
+    // A second store on the same file while the first is open, then again after it closed.
+    let second = SqliteStore::open(dir.path()).expect("second open");
+    second.commit(sample_batch("t-2", 2)).await.unwrap();
+    let seen_by_first = first.recover().await.unwrap();
+    assert_eq!(
+        seen_by_first.max_seq, 2,
+        "writes of one store are visible to the other"
+    );
+    drop(first);
+    drop(second);
+    let third = SqliteStore::open(dir.path()).expect("third open");
+    assert_eq!(third.recover().await.unwrap(), seen_by_first);
+
+    let version: i64 = raw(dir.path())
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1, "schema version after three opens");
+    let tables: i64 = raw(dir.path())
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
+             ('tasks', 'subtasks', 'assignments', 'agents', 'events')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 5);
+}
+
+#[tokio::test]
+async fn open_creates_the_data_dir() {
+    let dir = TempDir::new().unwrap();
+    let nested = dir.path().join("a").join("b");
+    let store = SqliteStore::open(&nested).expect("open nested dir");
+    store.commit(sample_batch("t-1", 1)).await.unwrap();
+    assert!(nested.join("baton.db").is_file());
+    assert_eq!(store.path(), nested.join("baton.db"));
+
+    let file = SqliteStore::open_file(&dir.path().join("other.db")).expect("open_file");
+    assert_eq!(file.recover().await.unwrap(), Recovery::default());
+}
+
+#[tokio::test]
+async fn writer_uses_wal_and_full_sync() {
+    let (store, dir) = fresh().await;
+    assert_eq!(store.writer_pragma("journal_mode").unwrap(), "wal");
+    assert_eq!(
+        store.writer_pragma("synchronous").unwrap(),
+        "2",
+        "synchronous=FULL"
+    );
+    assert_eq!(store.writer_pragma("busy_timeout").unwrap(), "5000");
+    assert_eq!(store.writer_pragma("foreign_keys").unwrap(), "0");
+    assert!(matches!(
+        store.writer_pragma("user_version; DROP TABLE tasks"),
+        Err(Error::Backend(_))
+    ));
+    // WAL is a property of the file: a fresh connection sees it too.
+    let mode: String = raw(dir.path())
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let (store, dir) = fresh().await;
+    drop(store);
+    raw(dir.path())
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    match SqliteStore::open(dir.path()) {
+        Err(Error::Backend(message)) => {
+            assert!(message.contains("newer"), "unexpected message: {message}")
+        }
+        other => panic!("opening a newer schema must fail, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn damaged_rows_read_as_corrupt() {
+    let (store, dir) = fresh().await;
+    store.commit(sample_batch("t-1", 1)).await.unwrap();
+    let conn = raw(dir.path());
+    let id = TaskId::from("t-1");
+    let query = TaskQuery {
+        limit: 10,
+        ..TaskQuery::default()
+    };
+
+    let damage = |sql: &str| {
+        conn.execute(sql, []).expect("damaging update");
+    };
+    let repair = |sql: &str| {
+        conn.execute(sql, []).expect("repairing update");
+    };
+
+    damage("UPDATE tasks SET status = 'exploded'");
+    assert!(
+        matches!(store.task(&id).await, Err(Error::Corrupt(_))),
+        "task status"
+    );
+    assert!(matches!(
+        store.list_tasks(&query).await,
+        Err(Error::Corrupt(_))
+    ));
+    assert!(matches!(store.recover().await, Err(Error::Corrupt(_))));
+    repair("UPDATE tasks SET status = 'running'");
+    assert!(store.task(&id).await.unwrap().is_some(), "repaired");
+
+    for (damage_sql, repair_sql) in [
+        (
+            "UPDATE tasks SET priority = 11",
+            "UPDATE tasks SET priority = 5",
+        ),
+        (
+            "UPDATE tasks SET max_attempts = -1",
+            "UPDATE tasks SET max_attempts = 3",
+        ),
+        (
+            "UPDATE tasks SET timeout_ms = -1",
+            "UPDATE tasks SET timeout_ms = 1",
+        ),
+        (
+            "UPDATE tasks SET result = '{nope'",
+            "UPDATE tasks SET result = NULL",
+        ),
+        (
+            "UPDATE subtasks SET state = 'zombie'",
+            "UPDATE subtasks SET state = 'ready'",
+        ),
+        (
+            "UPDATE subtasks SET input = '[1,'",
+            "UPDATE subtasks SET input = 'null'",
+        ),
+        (
+            "UPDATE subtasks SET depends_on = '{}'",
+            "UPDATE subtasks SET depends_on = '[]'",
+        ),
+        (
+            "UPDATE subtasks SET attempts = 4294967296",
+            "UPDATE subtasks SET attempts = 0",
+        ),
+    ] {
+        damage(damage_sql);
+        assert!(
+            matches!(store.task(&id).await, Err(Error::Corrupt(_))),
+            "{damage_sql} must read as corrupt"
+        );
+        repair(repair_sql);
+        assert!(store.task(&id).await.is_ok(), "{repair_sql} must repair");
+    }
+
+    let assignment_id = AssignmentId::from("as-t-1");
+    damage("UPDATE assignments SET state = 'zombie'");
+    assert!(matches!(
+        store.assignment(&assignment_id).await,
+        Err(Error::Corrupt(_))
+    ));
+    repair("UPDATE assignments SET state = 'active'");
+    damage("UPDATE agents SET capabilities = '\"code\"'");
+    assert!(
+        matches!(store.recover().await, Err(Error::Corrupt(_))),
+        "agent capabilities"
+    );
+    repair("UPDATE agents SET capabilities = '[]'");
+    damage("UPDATE agents SET status = 'asleep'");
+    assert!(
+        matches!(store.recover().await, Err(Error::Corrupt(_))),
+        "agent status"
+    );
+    repair("UPDATE agents SET status = 'idle'");
+    assert!(store.recover().await.is_ok(), "all repaired");
+}
+
+#[tokio::test]
+async fn reads_proceed_while_another_connection_holds_the_write_lock() {
+    let (store, dir) = fresh().await;
+    store.commit(sample_batch("t-1", 1)).await.unwrap();
+    let mut conn = raw(dir.path());
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    tx.execute(
+        "UPDATE tasks SET title = 'uncommitted' WHERE task_id = 't-1'",
+        [],
+    )
+    .unwrap();
+    // The write lock is held; reads must neither wait nor see the uncommitted title.
+    let (seen, _) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
+    assert_eq!(seen.title, "title of t-1");
+    assert_eq!(store.recover().await.unwrap().tasks, vec![seen]);
+    tx.commit().unwrap();
+    let (seen, _) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
+    assert_eq!(seen.title, "uncommitted", "committed writes become visible");
+}
+
+const KILL_CHILD_DIR: &str = "BATON_STORE_KILL_9_CHILD_DIR";
+const KILL_BATCHES: i64 = 20;
+const COMMITTED: &str = "baton-child committed";
+
+/// A child process commits, reports each `Ok`, and is killed with SIGKILL; every reported
+/// commit must be there on reopen.
+#[tokio::test]
+async fn committed_data_survives_kill_9() {
+    if let Ok(dir) = std::env::var(KILL_CHILD_DIR) {
+        let store = SqliteStore::open(Path::new(&dir)).expect("child open");
+        for seq in 1..=KILL_BATCHES {
+            store
+                .commit(sample_batch(&format!("t-{seq}"), seq))
+                .await
+                .expect("child commit");
+            // The leading newline keeps the marker off libtest's "test … " line.
+            println!("\n{COMMITTED} {seq}");
+        }
+        // Wait to be killed; stdin closes only if the parent died first.
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        std::process::exit(3);
+    }
+
+    let dir = TempDir::new().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "committed_data_survives_kill_9",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD_DIR, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().unwrap();
+    let mut reported = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(seq) = line.strip_prefix(COMMITTED) {
+            reported.push(seq.trim().parse::<i64>().expect("child seq"));
+        }
+        if reported.last() == Some(&KILL_BATCHES) {
+            break;
+        }
+    }
+    let reported = reported.len() as i64;
+    assert_eq!(reported, KILL_BATCHES, "child reported every commit");
+    child.kill().expect("SIGKILL child");
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "child must die by the signal, got {status}"
+    );
+
+    let store = SqliteStore::open(dir.path()).expect("reopen after kill");
+    let recovery = store.recover().await.unwrap();
+    assert_eq!(recovery.max_seq, KILL_BATCHES);
+    assert_eq!(recovery.tasks.len() as i64, KILL_BATCHES);
+    assert_eq!(recovery.subtasks.len() as i64, 2 * KILL_BATCHES);
+    assert_eq!(recovery.assignments.len() as i64, KILL_BATCHES);
+    let last_id = TaskId::from(format!("t-{KILL_BATCHES}"));
+    assert_eq!(store.timeline(&last_id).await.unwrap().len(), 2);
+}
+
+/// Thousands of subtask lifecycles in three group commits: all land, and the commit rate is
+/// printed (a figure, not an assertion; run with `--release --nocapture` for a meaningful number).
+#[tokio::test]
+async fn group_commit_of_many_lifecycles() {
+    const TASKS: i64 = 200;
+    const SUBTASKS: u32 = 10;
+    let (store, _dir) = fresh().await;
+    let ids: Vec<String> = (1..=TASKS).map(|seq| format!("t-{seq}")).collect();
+    let subtasks: Vec<_> = ids
+        .iter()
+        .flat_map(|id| (0..SUBTASKS).map(move |i| subtask(id, i)))
+        .collect();
+    let update = |s: &baton_core::Subtask, state, at| SubtaskUpdate {
+        subtask_id: s.subtask_id.clone(),
+        state,
+        attempts: 1,
+        assigned_agent: Some("ag-1".into()),
+        outputs: (state == SubtaskState::Completed).then(|| json!({ "ok": at })),
+        error: None,
+        updated_at: at,
+    };
+    let created = WriteBatch {
+        agents: vec![agent("ag-1", AgentStatus::Busy)],
+        new_tasks: ids.iter().zip(1..).map(|(id, seq)| task(id, seq)).collect(),
+        new_subtasks: subtasks.clone(),
+        events: ids.iter().map(|id| event(id, 1, "planned")).collect(),
+        ..WriteBatch::default()
+    };
+    let mut dispatched = WriteBatch::default();
+    let mut finished = WriteBatch::default();
+    for s in &subtasks {
+        let leased = assignment(
+            &format!("as-{}", s.subtask_id),
+            s,
+            "ag-1",
+            AssignmentState::Active,
+        );
+        for (state, at) in [
+            (SubtaskState::Ready, 2),
+            (SubtaskState::Assigned, 3),
+            (SubtaskState::Running, 4),
+        ] {
+            dispatched.subtask_updates.push(update(s, state, at));
+            dispatched.events.push(baton_core::Event {
+                subtask_id: Some(s.subtask_id.clone()),
+                ..event(s.task_id.as_str(), at, state.as_str())
+            });
+        }
+        dispatched.assignments.push(leased.clone());
+        finished
+            .subtask_updates
+            .push(update(s, SubtaskState::Completed, 5));
+        finished.events.push(baton_core::Event {
+            subtask_id: Some(s.subtask_id.clone()),
+            ..event(s.task_id.as_str(), 5, "completed")
+        });
+        finished.assignments.push(baton_core::Assignment {
+            state: AssignmentState::Completed,
+            finished_at: Some(5),
+            ..leased
+        });
+    }
+    finished.task_updates = ids
+        .iter()
+        .map(|id| TaskUpdate {
+            task_id: TaskId::from(id.as_str()),
+            status: TaskStatus::Completed,
+            started_at: Some(2),
+            finished_at: Some(5),
+            result: Some(json!({ "subtasks": SUBTASKS })),
+        })
+        .collect();
+    let rows = [&created, &dispatched, &finished]
+        .iter()
+        .map(|b| {
+            b.agents.len()
+                + b.new_tasks.len()
+                + b.new_subtasks.len()
+                + b.task_updates.len()
+                + b.subtask_updates.len()
+                + b.assignments.len()
+                + b.events.len()
+        })
+        .sum::<usize>();
+    let started = Instant::now();
+    store.commit(created).await.unwrap();
+    store.commit(dispatched).await.unwrap();
+    store.commit(finished).await.unwrap();
+    let elapsed = started.elapsed();
+    let lifecycles = subtasks.len();
+    eprintln!(
+        "sqlite group commit: {lifecycles} subtask lifecycles, {rows} rows in 3 commits, \
+         {:.1} ms, {:.0} lifecycles/s",
+        elapsed.as_secs_f64() * 1e3,
+        lifecycles as f64 / elapsed.as_secs_f64()
+    );
+
+    let recovery = store.recover().await.unwrap();
+    assert_eq!(recovery.tasks, vec![], "every task completed");
+    assert_eq!(recovery.assignments, vec![], "no active assignment left");
+    assert_eq!(recovery.max_seq, TASKS);
+    let (t, subs) = store.task(&TaskId::from("t-77")).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Completed);
+    assert_eq!(subs.len() as u32, SUBTASKS);
+    assert!(subs.iter().all(|s| s.state == SubtaskState::Completed));
+    let timeline = store.timeline(&TaskId::from("t-77")).await.unwrap();
+    assert_eq!(timeline.len(), 1 + 4 * SUBTASKS as usize);
+    assert_eq!(timeline.first().map(|e| e.to.as_str()), Some("planned"));
+    assert_eq!(timeline.last().map(|e| e.to.as_str()), Some("completed"));
+}
