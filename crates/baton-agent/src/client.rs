@@ -232,6 +232,16 @@ impl Client {
         self.answer(req).await
     }
 
+    /// `GET /tasks/{task_id}?wait_ms=…`: the task once it is finished, or as it is after `wait`.
+    pub async fn wait_task(&self, task_id: &str, wait: Duration) -> Result<TaskDetail, Error> {
+        let timeout = self.request_timeout.max(wait + LONG_POLL_MARGIN);
+        let req = self
+            .request(Method::GET, &["tasks", task_id], None)?
+            .query(&[("wait_ms", wait.as_millis().to_string())])
+            .timeout(timeout);
+        self.answer(req).await
+    }
+
     /// `GET /tasks` with filters and cursor paging.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskList, Error> {
         let limit = filter.limit.map(|l| l.to_string());

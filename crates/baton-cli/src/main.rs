@@ -2,6 +2,7 @@
 //! whole blog-post example end to end in one process, and the client commands talk to a
 //! running server (`--server` / `BATON_URL`).
 
+mod bench;
 mod client_cmds;
 mod demo;
 mod serve;
@@ -41,6 +42,8 @@ enum Command {
     Agents(client_cmds::AgentsArgs),
     /// Cancel a task.
     Cancel(client_cmds::CancelArgs),
+    /// Measure throughput, latency and memory (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Tasks(args) => client_cmds::tasks(&cli.server, args).await,
             Command::Agents(args) => client_cmds::agents(&cli.server, args).await,
             Command::Cancel(args) => client_cmds::cancel(&cli.server, args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

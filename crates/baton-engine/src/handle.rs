@@ -102,6 +102,8 @@ pub(crate) enum Command {
     Register(AgentSpec, Reply<Registered>),
     Drain(AgentId, Reply<AgentInfo>),
     Agents(Reply<Vec<AgentInfo>>),
+    /// Answer once the task is terminal and durable (at once if the engine does not hold it).
+    WaitTerminal(TaskId, Reply<()>),
     Lease {
         agent_id: AgentId,
         token_hash: String,
@@ -180,6 +182,12 @@ impl Handle {
     /// Stop giving an agent new work; it stops once its assignments finish.
     pub async fn drain(&self, agent_id: AgentId) -> Result<AgentInfo, Error> {
         self.ask(|r| Command::Drain(agent_id, r)).await
+    }
+
+    /// Resolve once the task is terminal and its final state committed; resolves at once
+    /// for a task the engine does not hold (finished long ago, or unknown).
+    pub async fn wait_terminal(&self, task_id: TaskId) -> Result<(), Error> {
+        self.ask(|r| Command::WaitTerminal(task_id, r)).await
     }
 
     /// Every registered agent, stopped ones included.

@@ -122,6 +122,8 @@ pub(crate) struct Engine {
     /// Set after a failed commit: every later change is refused.
     failed: Option<String>,
     poll_ids: u64,
+    /// Clients waiting for a task to finish, by task seq.
+    waiters: HashMap<i64, Vec<Reply<()>>>,
     /// Shutdown is coming: lease polls are answered at once instead of parked.
     quiesced: bool,
     stopping: bool,
@@ -184,6 +186,7 @@ impl Engine {
             internal_tx,
             failed: None,
             poll_ids: 0,
+            waiters: HashMap::new(),
             quiesced: false,
             stopping: false,
             committer: Some(committer),
@@ -317,6 +320,12 @@ impl Engine {
                 let result = self.drain(&agent_id, now);
                 self.reply(reply, result);
             }
+            Command::WaitTerminal(task_id, reply) => match self.task_ids.get(&task_id) {
+                Some(seq) if !self.tasks[seq].task.status.is_terminal() => {
+                    self.waiters.entry(*seq).or_default().push(reply);
+                }
+                _ => self.reply(reply, Ok(())),
+            },
             Command::Agents(reply) => {
                 let result = Ok(self.agent_infos());
                 self.reply(reply, result);
@@ -568,6 +577,7 @@ fn refuse(cmd: Command, error: Error) {
         Command::Register(_, r) => drop(r.send(Err(error))),
         Command::Drain(_, r) => drop(r.send(Err(error))),
         Command::Agents(r) => drop(r.send(Err(error))),
+        Command::WaitTerminal(_, r) => drop(r.send(Err(error))),
         Command::Lease { reply, .. } => drop(reply.send(Err(error))),
         Command::Heartbeat { reply, .. } => drop(reply.send(Err(error))),
         Command::Progress { reply, .. }

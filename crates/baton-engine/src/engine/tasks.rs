@@ -226,6 +226,9 @@ impl Engine {
         self.write_task(seq);
         if to.is_terminal() {
             self.evict_when_durable(seq);
+            for waiter in self.waiters.remove(&seq).unwrap_or_default() {
+                self.reply(waiter, Ok(()));
+            }
         }
         Ok(())
     }

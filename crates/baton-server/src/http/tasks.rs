@@ -10,6 +10,7 @@ use baton_core::{Priority, TaskId, TaskStatus};
 use baton_engine::{now_ms, Submitted};
 use baton_store::TaskQuery;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::convert;
 use crate::extract::{JsonBody, PathId};
@@ -116,11 +117,41 @@ async fn or_finished(
     }
 }
 
+/// Longest `wait_ms` a task read may ask for.
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// `GET /tasks/{id}`; with `?wait_ms=N` it first waits (up to N ms) for the task to finish.
 async fn detail(
     State(state): State<AppState>,
     PathId(task_id): PathId,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<api::TaskDetail>, ApiError> {
+    let mut issues = Vec::new();
+    let mut wait_ms = 0;
+    for (key, value) in &params {
+        match (key.as_str(), value.parse::<u64>()) {
+            ("wait_ms", Ok(n)) if n <= MAX_WAIT_MS => wait_ms = n,
+            ("wait_ms", _) => issues.push(api::FieldIssue {
+                field: key.clone(),
+                issue: format!("must be an integer from 0 to {MAX_WAIT_MS}"),
+            }),
+            _ => issues.push(api::FieldIssue {
+                field: key.clone(),
+                issue: "unknown query parameter".into(),
+            }),
+        }
+    }
+    if !issues.is_empty() {
+        return Err(ApiError::invalid(issues));
+    }
     let task_id = TaskId(task_id);
+    if wait_ms > 0 {
+        let wait = state.engine.wait_terminal(task_id.clone());
+        // Timing out is not an error: the answer is the task as it is now.
+        if let Ok(result) = tokio::time::timeout(Duration::from_millis(wait_ms), wait).await {
+            result?;
+        }
+    }
     let Some((task, subtasks)) = state.store.task(&task_id).await? else {
         return Err(ApiError::not_found(format!("task {task_id:?} not found")));
     };
