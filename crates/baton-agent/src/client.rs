@@ -16,8 +16,8 @@ use std::time::Duration;
 use baton_api::{
     AgentList, AgentView, AssignmentReply, CompleteRequest, ErrorBody, ExecuteRequest, FailRequest,
     Health, HeartbeatReply, HeartbeatRequest, LeaseRequest, LeaseResponse, PlannedTask,
-    ProgressRequest, RegisterAgent, RegisteredAgent, SubmitTask, TaskDetail, TaskList,
-    TaskStatusReply,
+    ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply, ResultsRequest, SubmitTask,
+    TaskDetail, TaskList, TaskStatusReply,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -229,6 +229,20 @@ impl Client {
     /// `GET /tasks/{task_id}`.
     pub async fn task(&self, task_id: &str) -> Result<TaskDetail, Error> {
         let req = self.request(Method::GET, &["tasks", task_id], None)?;
+        self.answer(req).await
+    }
+
+    /// `POST /agents/{agent_id}/results`: several completions and failures in one call; the
+    /// answer has one outcome per result, in order.
+    pub async fn results(
+        &self,
+        agent_id: &str,
+        token: &str,
+        request: &ResultsRequest,
+    ) -> Result<ResultsReply, Error> {
+        let req = self
+            .request(Method::POST, &["agents", agent_id, "results"], Some(token))?
+            .json(request);
         self.answer(req).await
     }
 

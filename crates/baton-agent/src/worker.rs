@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_api::{
-    CompleteRequest, FailRequest, HeartbeatRequest, Lease, LeaseRequest, LeaseResponse, Phase,
-    ProgressRequest, RegisterAgent, RegisteredAgent,
+    HeartbeatRequest, Lease, LeaseRequest, LeaseResponse, Phase, ProgressRequest, RegisterAgent,
+    RegisteredAgent, ResultItem, ResultOutcome, ResultsRequest,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn, Instrument};
@@ -358,12 +358,18 @@ impl Worker {
                 return Ok(WorkerReport::default());
             }
         };
+        let (reporter_tx, reporter_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             client: self.client.clone(),
             agent_id: registered.agent_id,
             token: registered.token,
             held: Default::default(),
+            reporter: reporter_tx,
         });
+        let _reporter = AbortOnDrop(tokio::spawn(
+            reporter_loop(session.clone(), reporter_rx)
+                .instrument(tracing::info_span!("reporter", agent_id = %session.agent_id)),
+        ));
         let (events_tx, events) = mpsc::channel(16);
         let _heartbeat = AbortOnDrop(tokio::spawn(
             heartbeat_loop(session.clone(), self.config.heartbeat_every, events_tx)
@@ -396,6 +402,63 @@ struct Session {
     /// Assignments with a running job: heartbeats and lease calls renew exactly these, so a
     /// lease whose answer never arrived (a server crash, a cut connection) expires and is retried.
     held: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Where finished jobs hand their results; the reporter posts them in batches.
+    reporter: mpsc::UnboundedSender<PendingResult>,
+}
+
+/// A result waiting to be posted, and who waits for the server's answer.
+struct PendingResult {
+    item: ResultItem,
+    answer: oneshot::Sender<Result<ResultOutcome, String>>,
+}
+
+/// Most results posted in one call.
+const RESULTS_PER_CALL: usize = 512;
+
+/// Posts results as they come: everything that queued while the previous call was in flight
+/// goes in the next one, so a busy agent makes one call for many results.
+async fn reporter_loop(session: Arc<Session>, mut queue: mpsc::UnboundedReceiver<PendingResult>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RESULTS_PER_CALL {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let request = ResultsRequest {
+            results: batch.iter().map(|p| p.item.clone()).collect(),
+        };
+        let answer = retrying("results", || {
+            session
+                .client
+                .results(&session.agent_id, &session.token, &request)
+        })
+        .await;
+        match answer {
+            Ok(reply) if reply.results.len() == batch.len() => {
+                for (pending, outcome) in batch.into_iter().zip(reply.results) {
+                    let _ = pending.answer.send(Ok(outcome));
+                }
+            }
+            Ok(reply) => {
+                let error = format!(
+                    "the server answered {} outcomes for {} results",
+                    reply.results.len(),
+                    batch.len()
+                );
+                for pending in batch {
+                    let _ = pending.answer.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                for pending in batch {
+                    let _ = pending.answer.send(Err(error.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl Session {
@@ -653,41 +716,62 @@ async fn run_job(session: Arc<Session>, handler: Arc<dyn Handler>, lease: Lease)
                 panic_message(panic.as_ref())
             )))
         });
-    let client = &session.client;
-    let token = &session.token;
-    let (posted, accepted) = match result {
-        Ok(outputs) => {
-            let request = CompleteRequest { outputs };
-            let posted = retrying("complete", || {
-                client.complete(&assignment_id, token, &request)
-            })
-            .await;
-            (posted, Outcome::Completed)
-        }
+    let (item, accepted) = match result {
+        Ok(outputs) => (
+            ResultItem {
+                assignment_id: assignment_id.clone(),
+                outputs: Some(outputs),
+                ..ResultItem::default()
+            },
+            Outcome::Completed,
+        ),
         Err(error) => {
             info!(error = %error.message, retryable = error.retryable, "job failed");
-            let request = FailRequest {
-                error: error.message,
-                retryable: error.retryable,
-            };
-            let posted = retrying("fail", || client.fail(&assignment_id, token, &request)).await;
-            (posted, Outcome::Failed)
+            (
+                ResultItem {
+                    assignment_id: assignment_id.clone(),
+                    error: Some(error.message),
+                    retryable: Some(error.retryable),
+                    ..ResultItem::default()
+                },
+                Outcome::Failed,
+            )
         }
     };
-    match posted {
-        Ok(reply) => {
+    let (answer, answered) = oneshot::channel();
+    if session
+        .reporter
+        .send(PendingResult { item, answer })
+        .is_err()
+    {
+        warn!("result dropped: the worker is stopping");
+        return Outcome::Dropped;
+    }
+    match answered.await {
+        Ok(Ok(outcome)) if outcome.status == 200 => {
+            let state = outcome.state.unwrap_or_default();
             match accepted {
-                Outcome::Completed => info!(state = %reply.state, "completed"),
-                _ => info!(state = %reply.state, "failure reported"),
+                Outcome::Completed => info!(%state, "completed"),
+                _ => info!(%state, "failure reported"),
             }
             accepted
         }
-        Err(error) if error.is_conflict() => {
-            info!(%error, "result dropped: the attempt was superseded");
+        Ok(Ok(outcome)) if outcome.status == 409 => {
+            let message = outcome.error.map(|e| e.message).unwrap_or_default();
+            info!(%message, "result dropped: the attempt was superseded");
             Outcome::Dropped
         }
-        Err(error) => {
-            warn!(%error, "result dropped: the server refused it");
+        Ok(Ok(outcome)) => {
+            let message = outcome.error.map(|e| e.message).unwrap_or_default();
+            warn!(status = outcome.status, %message, "result dropped: the server refused it");
+            Outcome::Dropped
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "result dropped: it could not be posted");
+            Outcome::Dropped
+        }
+        Err(_) => {
+            warn!("result dropped: the worker is stopping");
             Outcome::Dropped
         }
     }

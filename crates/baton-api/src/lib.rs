@@ -286,6 +286,42 @@ pub struct FailRequest {
     pub retryable: bool,
 }
 
+/// `POST /agents/{id}/results`: several results in one call (one commit for all).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultsRequest {
+    pub results: Vec<ResultItem>,
+}
+
+/// One result: `outputs` for a completion, or `error` (and `retryable`) for a failure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultItem {
+    pub assignment_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+}
+
+/// The answer to a results call: one outcome per item, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsReply {
+    pub results: Vec<ResultOutcome>,
+}
+
+/// What the server did with one result: the HTTP status the single call would have
+/// answered (200, 403, 404, 409, ...), with the assignment's state or the error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultOutcome {
+    pub assignment_id: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
 /// The answer to progress, complete and fail.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssignmentReply {

@@ -10,6 +10,10 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the orchestrator allocates many small, short-lived objects across threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Baton: an agent orchestrator.
 #[derive(Parser, Debug)]
 #[command(name = "baton", version, about)]

@@ -94,6 +94,9 @@ pub struct AssignmentInfo {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
+/// What an agent reports for one attempt: its outputs, or `(error, retryable)`.
+pub type AttemptOutcome = Result<Value, (String, bool)>;
+
 /// What the engine can be asked. Token fields carry the sha256 of the bearer token.
 pub(crate) enum Command {
     Submit(Box<NewTask>, Reply<Submitted>),
@@ -137,6 +140,13 @@ pub(crate) enum Command {
         error: String,
         retryable: bool,
         reply: Reply<AssignmentInfo>,
+    },
+    /// Several results of one agent: `Ok(outputs)` or `Err((error, retryable))` each.
+    Results {
+        agent_id: AgentId,
+        token_hash: String,
+        items: Vec<(AssignmentId, AttemptOutcome)>,
+        reply: Reply<Vec<Result<AssignmentInfo, Error>>>,
     },
     /// Answer every parked lease poll now and park no more (shutdown is coming).
     Quiesce(oneshot::Sender<()>),
@@ -281,6 +291,23 @@ impl Handle {
             token_hash,
             error,
             retryable,
+            reply,
+        })
+        .await
+    }
+
+    /// Report several results of one agent at once (one commit for all). Each item is
+    /// settled on its own: the answer lists, in order, what `complete`/`fail` would have said.
+    pub async fn results(
+        &self,
+        agent_id: AgentId,
+        token_hash: String,
+        items: Vec<(AssignmentId, AttemptOutcome)>,
+    ) -> Result<Vec<Result<AssignmentInfo, Error>>, Error> {
+        self.ask(|reply| Command::Results {
+            agent_id,
+            token_hash,
+            items,
             reply,
         })
         .await

@@ -17,8 +17,8 @@ mod handle;
 mod timers;
 
 pub use handle::{
-    AgentInfo, AgentSpec, AssignmentInfo, Handle, HeartbeatInfo, LeaseGrant, NewTask, Registered,
-    Submitted, TaskSnapshot,
+    AgentInfo, AgentSpec, AssignmentInfo, AttemptOutcome, Handle, HeartbeatInfo, LeaseGrant,
+    NewTask, Registered, Submitted, TaskSnapshot,
 };
 
 use std::sync::Arc;

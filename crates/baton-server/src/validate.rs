@@ -5,8 +5,8 @@ use baton_api::FieldIssue;
 use baton_core::ids::check_name;
 use baton_core::model::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_MS};
 use baton_core::plan::Plan;
-use baton_core::{planner, Millis, Priority, Task, TaskId, TaskStatus};
-use baton_engine::{AgentSpec, NewTask};
+use baton_core::{planner, AssignmentId, Millis, Priority, Task, TaskId, TaskStatus};
+use baton_engine::{AgentSpec, AttemptOutcome, NewTask};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -347,6 +347,49 @@ pub fn registration(body: &Value) -> Result<AgentSpec, Vec<FieldIssue>> {
         max_concurrency,
     });
     f.finish(spec)
+}
+
+/// A body of `POST /agents/{id}/results`: `{results: [{assignment_id, outputs} |
+/// {assignment_id, error, retryable?}]}`.
+pub fn results(
+    body: &Value,
+    max: usize,
+) -> Result<Vec<(AssignmentId, AttemptOutcome)>, Vec<FieldIssue>> {
+    let mut f = Fields::new(body, &["results"]);
+    let list = match f.raw("results") {
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= max => list.as_slice(),
+        Some(_) => {
+            f.problem("results", format!("must be a list of 1 to {max} results"));
+            &[]
+        }
+        None => {
+            f.problem("results", "required");
+            &[]
+        }
+    };
+    let mut items = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let mut g = Fields::new(item, &["assignment_id", "outputs", "error", "retryable"]);
+        let id = g.string("assignment_id", true, 256);
+        let outputs = g.raw("outputs").cloned();
+        let error = g.string("error", false, 16_384);
+        let retryable = g.boolean("retryable").unwrap_or(true);
+        let outcome = match (outputs, error) {
+            (Some(o), None) => Some(Ok(o)),
+            (None, Some(e)) => Some(Err((e, retryable))),
+            _ => {
+                g.problem("outputs", "give either outputs or error");
+                None
+            }
+        };
+        for issue in g.issues {
+            f.problem(&format!("results[{i}].{}", issue.field), issue.issue);
+        }
+        if let (Some(id), Some(outcome)) = (id, outcome) {
+            items.push((AssignmentId(id), outcome));
+        }
+    }
+    f.finish(Some(items))
 }
 
 #[cfg(test)]

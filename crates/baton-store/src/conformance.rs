@@ -555,6 +555,8 @@ pub async fn subtask_updates_apply_and_last_wins(store: &dyn Store) {
     .await;
     let update =
         |state, attempts, agent: Option<&str>, outputs, error: Option<&str>, at| SubtaskUpdate {
+            task_id: s0.task_id.clone(),
+            index: s0.index,
             subtask_id: s0.subtask_id.clone(),
             state,
             attempts,
@@ -643,6 +645,8 @@ pub async fn rows_created_and_updated_in_one_batch(store: &dyn Store) {
                 None,
             )],
             subtask_updates: vec![SubtaskUpdate {
+                task_id: s.task_id.clone(),
+                index: s.index,
                 subtask_id: s.subtask_id.clone(),
                 state: SubtaskState::Completed,
                 attempts: 1,
@@ -1227,6 +1231,8 @@ fn doomed_batch() -> WriteBatch {
             Some(json!({ "ok": true })),
         )],
         subtask_updates: vec![SubtaskUpdate {
+            task_id: s1.task_id.clone(),
+            index: s1.index,
             subtask_id: s1.subtask_id.clone(),
             state: SubtaskState::Completed,
             attempts: 1,
@@ -1312,6 +1318,8 @@ pub async fn update_of_unknown_row_fails_whole_batch(store: &dyn Store) {
 
     let mut unknown_subtask = doomed_batch();
     unknown_subtask.subtask_updates.push(SubtaskUpdate {
+        task_id: TaskId::from("t-unknown"),
+        index: 0,
         subtask_id: SubtaskId::from("code::t-unknown::1"),
         state: SubtaskState::Ready,
         attempts: 0,

@@ -44,9 +44,12 @@ pub struct TaskUpdate {
     pub result: Option<Value>,
 }
 
-/// A change of a subtask's mutable fields.
+/// A change of a subtask's mutable fields. The row is identified by `(task_id, index)`;
+/// `subtask_id` names the same row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubtaskUpdate {
+    pub task_id: TaskId,
+    pub index: u32,
     pub subtask_id: SubtaskId,
     pub state: SubtaskState,
     pub attempts: u32,

@@ -29,6 +29,7 @@ use baton_core::{
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, Row, ToSql, TransactionBehavior};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,7 +61,6 @@ const ASSIGNMENT_COLUMNS: &str = "assignment_id, task_id, subtask_id, agent_id, 
      lease_expires_at, created_at, finished_at";
 const AGENT_COLUMNS: &str =
     "agent_id, name, kind, capabilities, domains, max_concurrency, status, token_hash, created_at";
-const EVENT_COLUMNS: &str = "task_id, at, subtask_id, from_state, to_state, agent, note";
 
 /// Must match the `tasks_live` index predicate in `0001_init.sql` exactly.
 const LIVE_TASK: &str = "status NOT IN ('completed', 'failed', 'cancelled')";
@@ -105,6 +105,12 @@ impl SqliteStore {
         let mut writer = Connection::open_with_flags(path, flags)
             .map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
         configure(&writer, WRITER_CACHE_KIB)?;
+        // EXPERIMENT
+        for (name, var) in [("page_size", "XP_PAGE"), ("wal_autocheckpoint", "XP_CKPT")] {
+            if let Ok(v) = std::env::var(var) {
+                writer.pragma_update(None, name, v.parse::<i64>().unwrap())?;
+            }
+        }
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -252,12 +258,15 @@ impl Store for SqliteStore {
     async fn timeline(&self, task_id: &TaskId) -> Result<Vec<Event>> {
         let task_id = task_id.clone();
         self.read(move |conn| {
-            query_all(
-                conn,
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY id"),
-                [task_id.as_str()],
-                decode_event,
-            )
+            let mut stmt = conn
+                .prepare_cached("SELECT items FROM events WHERE task_id = ?1 ORDER BY commit_no")?;
+            let mut rows = stmt.query([task_id.as_str()])?;
+            let mut timeline = Vec::new();
+            while let Some(row) = rows.next()? {
+                let items: Vec<StoredEvent<String>> = json_column(row, 0)?;
+                timeline.extend(items.into_iter().map(|e| e.into_event(&task_id)));
+            }
+            Ok(timeline)
         })
         .await
     }
@@ -464,12 +473,14 @@ fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
     }
     {
         let mut stmt = tx.prepare_cached(
-            "UPDATE subtasks SET state = ?2, attempts = ?3, assigned_agent = ?4, outputs = ?5, \
-                 error = ?6, updated_at = ?7 \
-             WHERE subtask_id = ?1",
+            "UPDATE subtasks SET state = ?4, attempts = ?5, assigned_agent = ?6, outputs = ?7, \
+                 error = ?8, updated_at = ?9 \
+             WHERE task_id = ?1 AND idx = ?2 AND subtask_id = ?3",
         )?;
         for u in &batch.subtask_updates {
             let SubtaskUpdate {
+                task_id,
+                index,
                 subtask_id,
                 state,
                 attempts,
@@ -479,6 +490,8 @@ fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
                 updated_at,
             } = u;
             let changed = stmt.execute(params![
+                task_id.as_str(),
+                index,
                 subtask_id.as_str(),
                 state.as_str(),
                 attempts,
@@ -489,7 +502,7 @@ fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
             ])?;
             if changed != 1 {
                 return Err(Error::Backend(format!(
-                    "update of unknown subtask {subtask_id}"
+                    "update of unknown subtask {subtask_id} (task {task_id}, index {index})"
                 )));
             }
         }
@@ -519,26 +532,75 @@ fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
             ])?;
         }
     }
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO events (task_id, at, subtask_id, from_state, to_state, agent, note) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for e in &batch.events {
-            stmt.execute(params![
-                e.task_id.as_str(),
-                e.at,
-                e.subtask_id.as_ref().map(SubtaskId::as_str),
-                e.from,
-                e.to,
-                e.agent.as_ref().map(AgentId::as_str),
-                e.note,
-            ])?;
-        }
+    if !batch.events.is_empty() {
+        append_events(&tx, &batch.events)?;
     }
     // Dropping `tx` on any early return above rolls the batch back.
     tx.commit()?;
     Ok(())
+}
+
+/// Append `events` to their timelines: one `events` row per task, holding that task's events of
+/// this batch in batch order, under a commit number larger than any before it.
+fn append_events(tx: &Connection, events: &[Event]) -> Result<()> {
+    let commit_no: i64 = tx
+        .prepare_cached("UPDATE event_commits SET last = last + 1 WHERE id = 1 RETURNING last")?
+        .query_row([], |r| r.get(0))?;
+    // Each task's JSON array, in order of the task's first event.
+    let mut slots: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    let mut timelines: Vec<(&str, Vec<u8>)> = Vec::new();
+    for e in events {
+        let slot = *slots.entry(e.task_id.as_str()).or_insert_with(|| {
+            timelines.push((e.task_id.as_str(), Vec::with_capacity(256)));
+            timelines.len() - 1
+        });
+        let items = &mut timelines[slot].1;
+        items.push(if items.is_empty() { b'[' } else { b',' });
+        serde_json::to_writer(&mut *items, &StoredEvent::of(e))
+            .map_err(|e| Error::Backend(format!("encoding event: {e}")))?;
+    }
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO events (task_id, commit_no, items) VALUES (?1, ?2, ?3)")?;
+    for (task_id, mut items) in timelines {
+        items.push(b']');
+        let items = String::from_utf8(items)
+            .map_err(|e| Error::Backend(format!("encoded event is not UTF-8: {e}")))?;
+        stmt.execute(params![task_id, commit_no, items])?;
+    }
+    Ok(())
+}
+
+/// One event inside an `events` row, without its task id (the row's key):
+/// `[at, subtask_id, from, to, agent, note]`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEvent<S>(i64, Option<S>, Option<S>, S, Option<S>, Option<S>);
+
+impl<'a> StoredEvent<&'a str> {
+    fn of(e: &'a Event) -> Self {
+        StoredEvent(
+            e.at,
+            e.subtask_id.as_ref().map(SubtaskId::as_str),
+            e.from.as_deref(),
+            &e.to,
+            e.agent.as_ref().map(AgentId::as_str),
+            e.note.as_deref(),
+        )
+    }
+}
+
+impl StoredEvent<String> {
+    fn into_event(self, task_id: &TaskId) -> Event {
+        let StoredEvent(at, subtask_id, from, to, agent, note) = self;
+        Event {
+            task_id: task_id.clone(),
+            at,
+            subtask_id: subtask_id.map(SubtaskId),
+            from,
+            to,
+            agent: agent.map(AgentId),
+            note,
+        }
+    }
 }
 
 /// An optional JSON value bound as text; `None` is SQL NULL, `Some(Value::Null)` the text `null`.
@@ -738,18 +800,6 @@ fn decode_agent(row: &Row<'_>) -> Result<Agent> {
     })
 }
 
-fn decode_event(row: &Row<'_>) -> Result<Event> {
-    Ok(Event {
-        task_id: TaskId(row.get(0)?),
-        at: row.get(1)?,
-        subtask_id: row.get::<_, Option<String>>(2)?.map(SubtaskId),
-        from: row.get(3)?,
-        to: row.get(4)?,
-        agent: row.get::<_, Option<String>>(5)?.map(AgentId),
-        note: row.get(6)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,10 +828,7 @@ mod tests {
         assert!(tasks.contains("USING INDEX tasks_live"), "{tasks}");
         let subtasks = plan(&conn, &live_subtasks_sql(), &[]);
         assert!(subtasks.contains("USING INDEX tasks_live"), "{subtasks}");
-        assert!(
-            subtasks.contains("USING INDEX subtasks_by_task"),
-            "{subtasks}"
-        );
+        assert!(subtasks.contains("USING PRIMARY KEY"), "{subtasks}");
         let assignments = plan(&conn, &active_assignments_sql(), &[]);
         assert!(
             assignments.contains("USING INDEX assignments_active"),
@@ -793,24 +840,40 @@ mod tests {
     }
 
     #[test]
-    fn list_tasks_uses_an_index_for_each_filter() {
+    fn list_tasks_walks_an_index_or_the_table_in_seq_order() {
         let (store, _dir) = store();
         let conn = lock(&store.inner.writer);
+        // Priority and type have no index of their own: those filters walk the table by seq.
         let cases = [
-            (TaskQuery::default(), "sqlite_autoindex_tasks_2"),
+            (TaskQuery::default(), "SCAN tasks"),
+            (
+                TaskQuery {
+                    before_seq: Some(10),
+                    ..TaskQuery::default()
+                },
+                "SEARCH tasks USING INTEGER PRIMARY KEY (rowid<?)",
+            ),
             (
                 TaskQuery {
                     status: Some(TaskStatus::Running),
                     ..TaskQuery::default()
                 },
-                "tasks_by_status",
+                "USING INDEX tasks_by_status (status=?)",
+            ),
+            (
+                TaskQuery {
+                    status: Some(TaskStatus::Running),
+                    before_seq: Some(10),
+                    ..TaskQuery::default()
+                },
+                "USING INDEX tasks_by_status (status=? AND rowid<?)",
             ),
             (
                 TaskQuery {
                     priority: Some(Priority::HIGH),
                     ..TaskQuery::default()
                 },
-                "tasks_by_priority",
+                "SCAN tasks",
             ),
             (
                 TaskQuery {
@@ -818,14 +881,46 @@ mod tests {
                     before_seq: Some(10),
                     ..TaskQuery::default()
                 },
-                "tasks_by_type",
+                "SEARCH tasks USING INTEGER PRIMARY KEY (rowid<?)",
             ),
         ];
-        for (query, index) in cases {
+        for (query, step) in cases {
             let (sql, args) = list_tasks_sql(&query);
             let p = plan(&conn, &sql, &args);
-            assert!(p.contains(index), "{query:?} should use {index}: {p}");
+            assert!(p.contains(step), "{query:?} should run {step}: {p}");
             assert!(!p.contains("TEMP B-TREE"), "{query:?} must not sort: {p}");
+        }
+    }
+
+    #[test]
+    fn updates_and_timelines_use_their_keys() {
+        let (store, _dir) = store();
+        let conn = lock(&store.inner.writer);
+        let cases = [
+            (
+                "UPDATE tasks SET status = 'running' WHERE task_id = ?1",
+                "USING INDEX sqlite_autoindex_tasks_1 (task_id=?)",
+            ),
+            (
+                "UPDATE subtasks SET state = 'ready' WHERE task_id = ?1 AND idx = ?2 \
+                 AND subtask_id = ?3",
+                "USING PRIMARY KEY (task_id=? AND idx=?)",
+            ),
+            (
+                "SELECT items FROM events WHERE task_id = ?1 ORDER BY commit_no",
+                "USING PRIMARY KEY (task_id=?)",
+            ),
+        ];
+        let args = [
+            SqlValue::Text("t".into()),
+            SqlValue::Integer(0),
+            SqlValue::Text("s".into()),
+        ];
+        for (sql, step) in cases {
+            let n = sql.matches('?').count();
+            let p = plan(&conn, sql, &args[..n]);
+            assert!(p.contains(step), "{sql} should run {step}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql} must not sort: {p}");
         }
     }
 

@@ -387,6 +387,8 @@ async fn group_commit_of_many_lifecycles() {
         .flat_map(|id| (0..SUBTASKS).map(move |i| subtask(id, i)))
         .collect();
     let update = |s: &baton_core::Subtask, state, at| SubtaskUpdate {
+        task_id: s.task_id.clone(),
+        index: s.index,
         subtask_id: s.subtask_id.clone(),
         state,
         attempts: 1,

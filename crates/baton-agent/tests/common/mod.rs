@@ -169,6 +169,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/agents/{id}/lease", post(lease_handler))
         .route("/agents/{id}/heartbeat", post(heartbeat))
         .route("/assignments/{id}/{action}", post(assignment))
+        .route("/agents/{id}/results", post(results))
         .route("/orchestrate", post(orchestrate))
         .route("/tasks/{id}", get(task))
         .with_state(shared)
@@ -336,6 +337,73 @@ async fn assignment(
             lease_expires_at: None,
         })
         .into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The batch form of complete/fail: one outcome per result, the same rules per item; a busy
+/// server refuses the whole call.
+async fn results(
+    State(shared): State<Arc<Shared>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<baton_agent::api::ResultsRequest>,
+) -> Response {
+    if let Err(refusal) = authorize(&shared, &headers, Some(&agent_id)) {
+        return refusal.into_response();
+    }
+    let answer = shared.update(|s| {
+        if s.unavailable_results > 0 {
+            s.unavailable_results -= 1;
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "busy",
+            ));
+        }
+        let outcomes = body
+            .results
+            .into_iter()
+            .map(|item| {
+                let id = item.assignment_id;
+                if s.superseded.contains(&id) {
+                    return baton_agent::api::ResultOutcome {
+                        assignment_id: id,
+                        status: 409,
+                        state: None,
+                        error: Some(baton_agent::api::ErrorBody {
+                            error: "conflict".into(),
+                            message: "the attempt was superseded".into(),
+                            fields: Vec::new(),
+                        }),
+                    };
+                }
+                let state = match (item.outputs, item.error) {
+                    (Some(outputs), _) => {
+                        s.completed.push((id.clone(), outputs));
+                        "completed"
+                    }
+                    (None, error) => {
+                        let request = baton_agent::api::FailRequest {
+                            error: error.unwrap_or_default(),
+                            retryable: item.retryable.unwrap_or(true),
+                        };
+                        s.failed.push((id.clone(), request));
+                        "failed"
+                    }
+                };
+                baton_agent::api::ResultOutcome {
+                    assignment_id: id,
+                    status: 200,
+                    state: Some(state.into()),
+                    error: None,
+                }
+            })
+            .collect();
+        Ok(outcomes)
+    });
+    match answer {
+        Ok(results) => Json(baton_agent::api::ResultsReply { results }).into_response(),
         Err(refusal) => refusal.into_response(),
     }
 }

@@ -7,6 +7,8 @@ mod recovery;
 mod results;
 mod tasks;
 
+use results::AttemptResult;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -83,11 +85,31 @@ pub(crate) struct AgentRt {
     pub latency_ms: f64,
 }
 
-/// The writes and replies of the current turn.
+/// What the current turn changed, and the replies waiting for it. Rows are only marked here
+/// and read from live state at flush, so a row changed many times in one turn is written
+/// once, and a task created and changed in one turn is inserted in its final shape.
 #[derive(Default)]
 struct Outbox {
-    batch: WriteBatch,
+    /// Tasks created this turn, in order (inserted whole with their subtasks).
+    new_tasks: Vec<i64>,
+    tasks: HashSet<i64>,
+    subtasks: HashSet<(i64, u32)>,
+    assignments: HashSet<AssignmentId>,
+    agents: HashSet<AgentId>,
+    events: Vec<Event>,
     replies: Vec<Deferred>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.new_tasks.is_empty()
+            && self.tasks.is_empty()
+            && self.subtasks.is_empty()
+            && self.assignments.is_empty()
+            && self.agents.is_empty()
+            && self.events.is_empty()
+            && self.replies.is_empty()
+    }
 }
 
 pub(crate) struct Engine {
@@ -262,13 +284,13 @@ impl Engine {
     }
 
     fn flush(&mut self) {
-        let outbox = std::mem::take(&mut self.outbox);
-        if outbox.batch.is_empty() && outbox.replies.is_empty() {
+        let mut outbox = std::mem::take(&mut self.outbox);
+        if outbox.is_empty() {
             return;
         }
         let flush = Flush {
             no: self.flush_no,
-            batch: outbox.batch,
+            batch: self.materialize(&mut outbox),
             replies: outbox.replies,
         };
         self.flush_no += 1;
@@ -380,14 +402,38 @@ impl Engine {
                 token_hash,
                 outputs,
                 reply,
-            } => self.complete(assignment_id, &token_hash, outputs, reply, now),
+            } => {
+                let result = AttemptResult::Outputs(outputs);
+                self.report(assignment_id, &token_hash, result, reply, now)
+            }
             Command::Fail {
                 assignment_id,
                 token_hash,
                 error,
                 retryable,
                 reply,
-            } => self.fail(assignment_id, &token_hash, error, retryable, reply, now),
+            } => {
+                let result = AttemptResult::Failure { error, retryable };
+                self.report(assignment_id, &token_hash, result, reply, now)
+            }
+            Command::Results {
+                agent_id,
+                token_hash,
+                items,
+                reply,
+            } => {
+                let items = items
+                    .into_iter()
+                    .map(|(id, r)| {
+                        let r = match r {
+                            Ok(outputs) => AttemptResult::Outputs(outputs),
+                            Err((error, retryable)) => AttemptResult::Failure { error, retryable },
+                        };
+                        (id, r)
+                    })
+                    .collect();
+                self.report_many(&agent_id, &token_hash, items, reply, now)
+            }
             Command::Shutdown => self.stopping = true,
         }
     }
@@ -416,51 +462,89 @@ impl Engine {
         }));
     }
 
-    // ---- writes ----
+    // ---- writes: mark now, read at flush ----
+
+    pub(crate) fn write_new_task(&mut self, seq: i64) {
+        self.outbox.new_tasks.push(seq);
+    }
 
     pub(crate) fn write_task(&mut self, seq: i64) {
-        let Some(rt) = self.tasks.get(&seq) else {
-            return;
-        };
-        let t = &rt.task;
-        self.outbox.batch.task_updates.push(TaskUpdate {
-            task_id: t.task_id.clone(),
-            status: t.status,
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-            result: t.result.clone(),
-        });
+        self.outbox.tasks.insert(seq);
     }
 
     pub(crate) fn write_subtask(&mut self, seq: i64, idx: u32) {
-        let Some(s) = self.sub(seq, idx) else { return };
-        let s = &s.sub;
-        let update = SubtaskUpdate {
-            subtask_id: s.subtask_id.clone(),
-            state: s.state,
-            attempts: s.attempts,
-            assigned_agent: s.assigned_agent.clone(),
-            outputs: s.outputs.clone(),
-            error: s.error.clone(),
-            updated_at: s.updated_at,
-        };
-        self.outbox.batch.subtask_updates.push(update);
+        self.outbox.subtasks.insert((seq, idx));
     }
 
     pub(crate) fn write_assignment(&mut self, id: &AssignmentId) {
-        if let Some(a) = self.assignments.get(id) {
-            self.outbox.batch.assignments.push(a.a.clone());
+        if !self.outbox.assignments.contains(id) {
+            self.outbox.assignments.insert(id.clone());
         }
     }
 
     pub(crate) fn write_agent(&mut self, id: &AgentId) {
-        if let Some(a) = self.agents.get(id) {
-            self.outbox.batch.agents.push(a.agent.clone());
+        if !self.outbox.agents.contains(id) {
+            self.outbox.agents.insert(id.clone());
         }
     }
 
     pub(crate) fn event(&mut self, event: Event) {
-        self.outbox.batch.events.push(event);
+        self.outbox.events.push(event);
+    }
+
+    /// The rows a turn marked, as they are now. A marked row is always in memory: tasks
+    /// leave memory only after the flush that finished them is durable.
+    fn materialize(&self, outbox: &mut Outbox) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let new: HashSet<i64> = outbox.new_tasks.iter().copied().collect();
+        for seq in &outbox.new_tasks {
+            if let Some(rt) = self.tasks.get(seq) {
+                batch.new_tasks.push(rt.task.clone());
+                batch
+                    .new_subtasks
+                    .extend(rt.subs.iter().map(|s| s.sub.clone()));
+            }
+        }
+        for seq in outbox.tasks.iter().filter(|s| !new.contains(s)) {
+            if let Some(rt) = self.tasks.get(seq) {
+                let t = &rt.task;
+                batch.task_updates.push(TaskUpdate {
+                    task_id: t.task_id.clone(),
+                    status: t.status,
+                    started_at: t.started_at,
+                    finished_at: t.finished_at,
+                    result: t.result.clone(),
+                });
+            }
+        }
+        for (seq, idx) in outbox.subtasks.iter().filter(|(s, _)| !new.contains(s)) {
+            if let Some(s) = self.sub(*seq, *idx) {
+                let s = &s.sub;
+                batch.subtask_updates.push(SubtaskUpdate {
+                    task_id: s.task_id.clone(),
+                    index: s.index,
+                    subtask_id: s.subtask_id.clone(),
+                    state: s.state,
+                    attempts: s.attempts,
+                    assigned_agent: s.assigned_agent.clone(),
+                    outputs: s.outputs.clone(),
+                    error: s.error.clone(),
+                    updated_at: s.updated_at,
+                });
+            }
+        }
+        batch.assignments = outbox
+            .assignments
+            .iter()
+            .filter_map(|id| self.assignments.get(id).map(|a| a.a.clone()))
+            .collect();
+        batch.agents = outbox
+            .agents
+            .iter()
+            .filter_map(|id| self.agents.get(id).map(|a| a.agent.clone()))
+            .collect();
+        batch.events = std::mem::take(&mut outbox.events);
+        batch
     }
 
     pub(crate) fn sub(&self, seq: i64, idx: u32) -> Option<&SubRt> {
@@ -583,6 +667,7 @@ fn refuse(cmd: Command, error: Error) {
         Command::Progress { reply, .. }
         | Command::Complete { reply, .. }
         | Command::Fail { reply, .. } => drop(reply.send(Err(error))),
+        Command::Results { reply, .. } => drop(reply.send(Err(error))),
         Command::Quiesce(done) => drop(done.send(())),
         Command::Shutdown => {}
     }

@@ -51,11 +51,54 @@ impl Engine {
         Ok(self.assignment_info(id))
     }
 
-    pub(crate) fn complete(
+    /// Settle one attempt with a result: outputs (`Ok`) or a failure.
+    fn settle(
+        &mut self,
+        agent_id: &AgentId,
+        id: AssignmentId,
+        result: AttemptResult,
+        now: Millis,
+    ) -> Settled {
+        let Some(asg) = self.assignments.get(&id) else {
+            return Settled::Stored(self.answer_from_store(id, agent_id.clone(), result));
+        };
+        if &asg.a.agent_id != agent_id {
+            return Settled::Now(Err(not_yours(&id)));
+        }
+        let (seq, idx) = (asg.seq, asg.idx);
+        match result {
+            AttemptResult::Outputs(outputs) if asg.a.state == AssignmentState::Completed => {
+                // The same result again is acknowledged again; a different one is a conflict.
+                let same = self
+                    .sub(seq, idx)
+                    .is_some_and(|s| s.sub.outputs.as_ref() == Some(&outputs));
+                Settled::Now(if same {
+                    Ok(self.assignment_info(&id))
+                } else {
+                    Err(Error::Conflict(format!(
+                        "assignment {id} was already completed with different outputs"
+                    )))
+                })
+            }
+            AttemptResult::Outputs(outputs) => {
+                Settled::Now(self.accept_completion(&id, agent_id, seq, idx, outputs, now))
+            }
+            AttemptResult::Failure { error, retryable } => {
+                Settled::Now(self.owned_active(&id, agent_id).and_then(|(seq, idx)| {
+                    self.mark_running(seq, idx, agent_id, now)?;
+                    self.lose(&id, Loss::Failed { error, retryable }, now);
+                    Ok(self.assignment_info(&id))
+                }))
+            }
+        }
+    }
+
+    /// One result, answered after its changes are durable.
+    pub(crate) fn report(
         &mut self,
         id: AssignmentId,
         token_hash: &str,
-        outputs: Value,
+        result: AttemptResult,
         reply: Reply<AssignmentInfo>,
         now: Millis,
     ) {
@@ -63,29 +106,56 @@ impl Engine {
             Ok((agent_id, _)) => agent_id,
             Err(e) => return self.reply(reply, Err(e)),
         };
-        let Some(asg) = self.assignments.get(&id) else {
-            return self.answer_from_store(id, agent_id, Some(outputs), reply);
+        match self.settle(&agent_id, id, result, now) {
+            Settled::Now(result) => self.reply(reply, result),
+            Settled::Stored(lookup) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(lookup.await);
+                });
+            }
+        }
+    }
+
+    /// Many results of one agent in one call; each is settled on its own, and the answers
+    /// (in order) go out once every change is durable.
+    pub(crate) fn report_many(
+        &mut self,
+        agent_id: &AgentId,
+        token_hash: &str,
+        items: Vec<(AssignmentId, AttemptResult)>,
+        reply: Reply<Vec<Result<AssignmentInfo, Error>>>,
+        now: Millis,
+    ) {
+        let agent_id = match self.touch(Some(agent_id), token_hash, Renew::Nothing, now) {
+            Ok((agent_id, _)) => agent_id,
+            Err(e) => return self.reply(reply, Err(e)),
         };
-        if asg.a.agent_id != agent_id {
-            return self.reply(reply, Err(not_yours(&id)));
+        let mut settled_now = Vec::with_capacity(items.len());
+        let mut lookups = Vec::new();
+        for (i, (id, result)) in items.into_iter().enumerate() {
+            match self.settle(&agent_id, id, result, now) {
+                Settled::Now(r) => settled_now.push((i, r)),
+                Settled::Stored(lookup) => lookups.push((i, lookup)),
+            }
         }
-        let (seq, idx) = (asg.seq, asg.idx);
-        if asg.a.state == AssignmentState::Completed {
-            // The same result again is acknowledged again; a different one is a conflict.
-            let same = self
-                .sub(seq, idx)
-                .is_some_and(|s| s.sub.outputs.as_ref() == Some(&outputs));
-            let result = if same {
-                Ok(self.assignment_info(&id))
-            } else {
-                Err(Error::Conflict(format!(
-                    "assignment {id} was already completed with different outputs"
-                )))
+        if lookups.is_empty() {
+            let answers = settled_now.into_iter().map(|(_, r)| r).collect();
+            return self.reply(reply, Ok(answers));
+        }
+        let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+        self.reply(durable_tx, Ok(settled_now));
+        tokio::spawn(async move {
+            let mut all = match durable_rx.await {
+                Ok(Ok(now)) => now,
+                Ok(Err(e)) => return drop(reply.send(Err(e))),
+                Err(_) => return drop(reply.send(Err(Error::Stopped))),
             };
-            return self.reply(reply, result);
-        }
-        let result = self.accept_completion(&id, &agent_id, seq, idx, outputs, now);
-        self.reply(reply, result);
+            for (i, lookup) in lookups {
+                all.push((i, lookup.await));
+            }
+            all.sort_by_key(|(i, _)| *i);
+            let _ = reply.send(Ok(all.into_iter().map(|(_, r)| r).collect()));
+        });
     }
 
     fn accept_completion(
@@ -132,30 +202,6 @@ impl Engine {
         }
         self.after_terminal_subtask(seq, now);
         Ok(self.assignment_info(id))
-    }
-
-    pub(crate) fn fail(
-        &mut self,
-        id: AssignmentId,
-        token_hash: &str,
-        error: String,
-        retryable: bool,
-        reply: Reply<AssignmentInfo>,
-        now: Millis,
-    ) {
-        let agent_id = match self.touch(None, token_hash, Renew::Nothing, now) {
-            Ok((agent_id, _)) => agent_id,
-            Err(e) => return self.reply(reply, Err(e)),
-        };
-        if !self.assignments.contains_key(&id) {
-            return self.answer_from_store(id, agent_id, None, reply);
-        }
-        let result = self.owned_active(&id, &agent_id).and_then(|(seq, idx)| {
-            self.mark_running(seq, idx, &agent_id, now)?;
-            self.lose(&id, Loss::Failed { error, retryable }, now);
-            Ok(self.assignment_info(&id))
-        });
-        self.reply(reply, result);
     }
 
     /// The lease timer fired: expire the attempt unless it was renewed since.
@@ -363,55 +409,66 @@ impl Engine {
     }
 
     /// A result for an assignment no longer in memory (its task finished and was evicted):
-    /// answer from the store. Nothing can change any more, so no state is touched.
+    /// answered from the store. Nothing can change any more, so no state is touched.
     fn answer_from_store(
-        &mut self,
+        &self,
         id: AssignmentId,
         agent_id: AgentId,
-        outputs: Option<Value>,
-        reply: Reply<AssignmentInfo>,
-    ) {
+        result: AttemptResult,
+    ) -> StoreLookup {
         let store = self.store.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let asg = store
-                    .assignment(&id)
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))?
-                    .ok_or_else(|| Error::NotFound(format!("assignment {id} not found")))?;
-                if asg.agent_id != agent_id {
-                    return Err(not_yours(&id));
-                }
-                let info = AssignmentInfo {
-                    assignment_id: id.clone(),
-                    state: asg.state,
-                    lease_expires_at: None,
-                };
-                match (asg.state, outputs) {
-                    (AssignmentState::Completed, Some(outputs)) => {
-                        let accepted = store
-                            .task(&asg.task_id)
-                            .await
-                            .map_err(|e| Error::Unavailable(e.to_string()))?
-                            .and_then(|(_, subs)| {
-                                subs.into_iter().find(|s| s.subtask_id == asg.subtask_id)
-                            })
-                            .and_then(|s| s.outputs);
-                        if accepted.as_ref() == Some(&outputs) {
-                            Ok(info)
-                        } else {
-                            Err(Error::Conflict(format!(
-                                "assignment {id} was already completed with different outputs"
-                            )))
-                        }
-                    }
-                    (state, _) => Err(superseded(&id, state)),
-                }
+        Box::pin(async move {
+            let asg = store
+                .assignment(&id)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?
+                .ok_or_else(|| Error::NotFound(format!("assignment {id} not found")))?;
+            if asg.agent_id != agent_id {
+                return Err(not_yours(&id));
             }
-            .await;
-            let _ = reply.send(result);
-        });
+            let info = AssignmentInfo {
+                assignment_id: id.clone(),
+                state: asg.state,
+                lease_expires_at: None,
+            };
+            match (asg.state, result) {
+                (AssignmentState::Completed, AttemptResult::Outputs(outputs)) => {
+                    let accepted = store
+                        .task(&asg.task_id)
+                        .await
+                        .map_err(|e| Error::Unavailable(e.to_string()))?
+                        .and_then(|(_, subs)| {
+                            subs.into_iter().find(|s| s.subtask_id == asg.subtask_id)
+                        })
+                        .and_then(|s| s.outputs);
+                    if accepted.as_ref() == Some(&outputs) {
+                        Ok(info)
+                    } else {
+                        Err(Error::Conflict(format!(
+                            "assignment {id} was already completed with different outputs"
+                        )))
+                    }
+                }
+                (state, _) => Err(superseded(&id, state)),
+            }
+        })
     }
+}
+
+/// What an agent reports for one attempt.
+pub(crate) enum AttemptResult {
+    Outputs(Value),
+    Failure { error: String, retryable: bool },
+}
+
+type StoreLookup = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<AssignmentInfo, Error>> + Send + 'static>,
+>;
+
+/// How a result was settled: now (answered after the turn's commit), or by a store lookup.
+enum Settled {
+    Now(Result<AssignmentInfo, Error>),
+    Stored(StoreLookup),
 }
 
 fn not_yours(id: &AssignmentId) -> Error {

@@ -125,8 +125,6 @@ impl Engine {
                 }
             }
         }
-        self.outbox.batch.new_tasks.push(task.clone());
-        self.outbox.batch.new_subtasks.extend(subtasks);
         self.event(Event {
             task_id: task.task_id.clone(),
             at: now,
@@ -139,6 +137,7 @@ impl Engine {
         self.task_ids.insert(task.task_id.clone(), seq);
         let open = subs.len();
         self.tasks.insert(seq, TaskRt { task, subs, open });
+        self.write_new_task(seq);
         tracing::info!(task_id = %self.tasks[&seq].task.task_id, subtasks = open, "task planned");
         if execute {
             if let Err(e) = self.start_task(seq, now) {

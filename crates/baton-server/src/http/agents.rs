@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/agents/{agent_id}", get(one).delete(drain))
         .route("/agents/{agent_id}/lease", post(lease))
         .route("/agents/{agent_id}/heartbeat", post(heartbeat))
+        .route("/agents/{agent_id}/results", post(results))
 }
 
 async fn register(
@@ -169,4 +170,47 @@ async fn heartbeat(
         lease_expires_at: info.lease_expires_at.map(convert::timestamp),
         revoked: info.revoked.iter().map(ToString::to_string).collect(),
     }))
+}
+
+/// Most results one call may carry.
+const MAX_RESULTS: usize = 4096;
+
+async fn results(
+    State(state): State<AppState>,
+    PathId(agent_id): PathId,
+    BearerHash(token_hash): BearerHash,
+    JsonBody(body): JsonBody,
+) -> Result<Json<api::ResultsReply>, ApiError> {
+    let items = validate::results(&body, MAX_RESULTS).map_err(ApiError::invalid)?;
+    let ids: Vec<String> = items.iter().map(|(id, _)| id.to_string()).collect();
+    let answers = state
+        .engine
+        .results(AgentId(agent_id), token_hash, items)
+        .await?;
+    let results = ids
+        .into_iter()
+        .zip(answers)
+        .map(|(assignment_id, answer)| match answer {
+            Ok(info) => api::ResultOutcome {
+                assignment_id,
+                status: 200,
+                state: Some(info.state.as_str().to_owned()),
+                error: None,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                api::ResultOutcome {
+                    assignment_id,
+                    status: e.status.as_u16(),
+                    state: None,
+                    error: Some(api::ErrorBody {
+                        error: e.code.to_owned(),
+                        message: e.message,
+                        fields: Vec::new(),
+                    }),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(api::ResultsReply { results }))
 }

@@ -4,10 +4,15 @@
 -- Enums are stored as their wire strings, times as Unix milliseconds, JSON as text
 -- (SQL NULL means `None`; the text 'null' means `Some(Value::Null)`). STRICT tables reject
 -- values of the wrong type.
+--
+-- Every commit pays for each B-tree a row touches, so each table has as few as its reads need:
+-- tasks 4 (the table, task_id, status, live), subtasks, assignments and events 1 each (plus
+-- the partial index of active assignments).
 
+-- Keyed by `seq` (the rowid): new tasks append, and `list_tasks` walks it newest first.
 CREATE TABLE tasks (
-    task_id      TEXT    NOT NULL PRIMARY KEY,
-    seq          INTEGER NOT NULL UNIQUE,
+    seq          INTEGER PRIMARY KEY,
+    task_id      TEXT    NOT NULL UNIQUE,
     title        TEXT    NOT NULL,
     description  TEXT    NOT NULL,
     task_type    TEXT,
@@ -23,21 +28,22 @@ CREATE TABLE tasks (
     result       TEXT
 ) STRICT;
 
--- `list_tasks`: newest first, optionally filtered by one column (seq itself is UNIQUE above).
-CREATE INDEX tasks_by_status   ON tasks (status, seq);
-CREATE INDEX tasks_by_type     ON tasks (task_type, seq);
-CREATE INDEX tasks_by_priority ON tasks (priority, seq);
+-- `list_tasks` by status, newest first (index entries end with the rowid, which is seq).
+-- Filters by priority or type are rare and walk the table by seq instead: an index each would
+-- cost every task insert and every status change more than those reads save.
+CREATE INDEX tasks_by_status ON tasks (status);
 -- `recover`: only live tasks, so a restart does not scan the whole history. The WHERE clause
 -- must match the one in sqlite.rs word for word for the planner to use this index. UNIQUE
 -- (as seq is) tells the planner one row per seq, so subtasks come out in (seq, idx) order
--- straight from subtasks_by_task, without a sort.
+-- straight from the subtasks key, without a sort.
 CREATE UNIQUE INDEX tasks_live ON tasks (seq)
     WHERE status NOT IN ('completed', 'failed', 'cancelled');
 
+-- Read by task, updated by (task_id, idx): the key is the only B-tree.
 CREATE TABLE subtasks (
-    subtask_id     TEXT    NOT NULL PRIMARY KEY,
     task_id        TEXT    NOT NULL,
     idx            INTEGER NOT NULL,
+    subtask_id     TEXT    NOT NULL,
     key            TEXT    NOT NULL,
     capability     TEXT    NOT NULL,
     depends_on     TEXT    NOT NULL,
@@ -47,10 +53,9 @@ CREATE TABLE subtasks (
     assigned_agent TEXT,
     outputs        TEXT,
     error          TEXT,
-    updated_at     INTEGER NOT NULL
-) STRICT;
-
-CREATE INDEX subtasks_by_task ON subtasks (task_id, idx);
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (task_id, idx)
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE assignments (
     assignment_id    TEXT    NOT NULL PRIMARY KEY,
@@ -62,7 +67,7 @@ CREATE TABLE assignments (
     lease_expires_at INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
     finished_at      INTEGER
-) STRICT;
+) STRICT, WITHOUT ROWID;
 
 -- `recover`: only live leases. Same rule as tasks_live about the WHERE clause.
 CREATE INDEX assignments_active ON assignments (created_at, assignment_id)
@@ -80,16 +85,19 @@ CREATE TABLE agents (
     created_at      INTEGER NOT NULL
 ) STRICT;
 
--- AUTOINCREMENT: ids are never reused, so `ORDER BY id` is commit order forever.
-CREATE TABLE events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id    TEXT    NOT NULL,
-    at         INTEGER NOT NULL,
-    subtask_id TEXT,
-    from_state TEXT,
-    to_state   TEXT    NOT NULL,
-    agent      TEXT,
-    note       TEXT
+-- Numbers the commits that append events; the one row counts up, never down.
+CREATE TABLE event_commits (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
 ) STRICT;
+INSERT INTO event_commits (id, last) VALUES (1, 0);
 
-CREATE INDEX events_by_task ON events (task_id, id);
+-- Timelines: one row per task per commit, holding that commit's events of the task in batch
+-- order as a JSON array of `[at, subtask_id, from, to, agent, note]` arrays. A timeline is its
+-- rows in `commit_no` order, each expanded in order.
+CREATE TABLE events (
+    task_id   TEXT    NOT NULL,
+    commit_no INTEGER NOT NULL,
+    items     TEXT    NOT NULL,
+    PRIMARY KEY (task_id, commit_no)
+) STRICT, WITHOUT ROWID;
