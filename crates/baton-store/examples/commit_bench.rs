@@ -9,9 +9,12 @@
 //!   JSON result, 3 events.
 //!
 //! That is 7 events, 2 subtask updates and 2 assignment writes per lifecycle, about what
-//! `baton bench independent` writes. Batches are built before the clock starts, so the figures
-//! are the store's alone. Wall time includes the fsyncs; CPU time (process user + system, from
-//! `/proc/self/stat`, Linux only) is what the commit thread burns.
+//! `baton bench independent` writes. Each batch is cloned from prepared rows just before its
+//! commit, as the engine materializes its flush. Figures per lifecycle:
+//! - wall: time inside `commit` (including the fsyncs);
+//! - cpu: user + system time of every thread but the one building batches, i.e. the commit
+//!   threads (from `/proc`, Linux only; 10 ms ticks, so use enough lifecycles);
+//! - read: one `task` plus one `timeline` call afterwards, as `GET /tasks/{id}` makes them.
 //!
 //! ```text
 //! cargo run --release -p baton-store --example commit_bench -- [lifecycles] [batch…] [--dir D]
@@ -25,6 +28,10 @@ use baton_store::{SqliteStore, Store, SubtaskUpdate, TaskUpdate, WriteBatch};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The allocator of the `baton` binary, so freeing a committed batch costs what it costs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const AGENTS: usize = 4;
 const T0: i64 = 1_750_000_000_000;
@@ -59,7 +66,7 @@ async fn main() {
          3 stages per group commit, WAL + synchronous=FULL"
     );
     println!(
-        "{:>6} {:>8} {:>12} {:>10} {:>10} {:>11} {:>11} {:>10}",
+        "{:>6} {:>8} {:>12} {:>10} {:>10} {:>11} {:>11} {:>8} {:>7}",
         "batch",
         "commits",
         "lifecycles/s",
@@ -67,6 +74,7 @@ async fn main() {
         "cpu µs/lc",
         "p50 commit",
         "p99 commit",
+        "read µs",
         "db MiB"
     );
     for batch in batches {
@@ -116,46 +124,56 @@ async fn run(data_dir: &std::path::Path, lifecycles: usize, batch: usize) {
     let life: Vec<Lifecycle> = (0..groups * batch)
         .map(|i| Lifecycle::new(i as i64 + 1, &agents[i % AGENTS]))
         .collect();
-    // Commit k: group k submitted, group k-1 dispatched, group k-2 finished.
-    let commits: Vec<WriteBatch> = (0..groups + 2)
-        .map(|k| {
-            let mut b = WriteBatch::default();
-            let group = |g: usize| &life[g * batch..(g + 1) * batch];
-            if k < groups {
-                group(k).iter().for_each(|l| l.submitted(&mut b));
-            }
-            if (1..=groups).contains(&k) {
-                group(k - 1).iter().for_each(|l| l.dispatched(&mut b));
-            }
-            if k >= 2 {
-                group(k - 2).iter().for_each(|l| l.finished(&mut b));
-            }
-            b
-        })
-        .collect();
-    drop(life);
-
+    // Commit k: group k submitted, group k-1 dispatched, group k-2 finished. Each batch is
+    // cloned from the lifecycles just before its commit, as the engine materializes its flush.
+    let group = |g: usize| &life[g * batch..(g + 1) * batch];
     let done = groups * batch;
-    let cpu_before = cpu_time();
-    let started = Instant::now();
-    let mut latencies = Vec::with_capacity(commits.len());
-    for b in commits {
+    let cpu_before = cpu_times();
+    let mut wall = Duration::ZERO;
+    let mut latencies = Vec::with_capacity(groups + 2);
+    for k in 0..groups + 2 {
+        let mut b = WriteBatch::default();
+        if k < groups {
+            group(k).iter().for_each(|l| l.submitted(&mut b));
+        }
+        if (1..=groups).contains(&k) {
+            group(k - 1).iter().for_each(|l| l.dispatched(&mut b));
+        }
+        if k >= 2 {
+            group(k - 2).iter().for_each(|l| l.finished(&mut b));
+        }
         let t = Instant::now();
         store.commit(b).await.expect("commit");
-        latencies.push(t.elapsed());
+        let took = t.elapsed();
+        wall += took;
+        latencies.push(took);
     }
-    let wall = started.elapsed();
-    let cpu = cpu_time()
+    let cpu = cpu_times()
         .zip(cpu_before)
-        .map(|(after, before)| after - before);
+        .map(|((all, this), (all0, this0))| {
+            (all.saturating_sub(all0)).saturating_sub(this.saturating_sub(this0))
+        });
     latencies.sort();
     let q = |f: f64| latencies[((latencies.len() - 1) as f64 * f).round() as usize];
     let per = |d: Duration| d.as_secs_f64() * 1e6 / done as f64;
     let db_bytes = std::fs::metadata(store.path())
         .map(|m| m.len())
         .unwrap_or(0);
+
+    // Reads of tasks spread over the whole history; every one is whole.
+    const READS: u64 = 2_000;
+    let started = Instant::now();
+    for n in 0..READS {
+        let seq = 1 + (splitmix(n) % done as u64) as i64;
+        let id = TaskId(task_id(seq));
+        let (task, subtasks) = store.task(&id).await.expect("task").expect("stored");
+        let timeline = store.timeline(&id).await.expect("timeline");
+        assert_eq!((task.seq, subtasks.len(), timeline.len()), (seq, 1, 7));
+    }
+    let read = started.elapsed().as_secs_f64() * 1e6 / READS as f64;
+
     println!(
-        "{:>6} {:>8} {:>12.0} {:>10.2} {:>10} {:>9.1}ms {:>9.1}ms {:>10.1}",
+        "{:>6} {:>8} {:>12.0} {:>10.2} {:>10} {:>9.1}ms {:>9.1}ms {:>8.1} {:>7.1}",
         batch,
         latencies.len(),
         done as f64 / wall.as_secs_f64(),
@@ -163,26 +181,34 @@ async fn run(data_dir: &std::path::Path, lifecycles: usize, batch: usize) {
         cpu.map_or("n/a".into(), |c| format!("{:.2}", per(c))),
         q(0.5).as_secs_f64() * 1e3,
         q(0.99).as_secs_f64() * 1e3,
+        read,
         db_bytes as f64 / (1024.0 * 1024.0),
     );
 
-    // The writes landed: nothing is live, and a timeline reads back whole.
+    // The writes landed: nothing is live.
     let recovery = store.recover().await.expect("recover");
     assert!(recovery.tasks.is_empty() && recovery.assignments.is_empty());
     assert_eq!(recovery.max_seq, done as i64);
-    let last = TaskId(task_id(done as i64));
-    assert_eq!(store.timeline(&last).await.expect("timeline").len(), 7);
 }
 
-/// Process CPU time (user + system), if `/proc/self/stat` can tell.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) of the whole process and of this thread, which builds the
+/// batches; the difference is the store's commit threads. `None` where `/proc` cannot tell.
+fn cpu_times() -> Option<(Duration, Duration)> {
+    let all = cpu_ticks("/proc/self/stat")?;
+    let this = cpu_ticks("/proc/thread-self/stat")?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((
+        Duration::from_millis(all * 10),
+        Duration::from_millis(this * 10),
+    ))
+}
+
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(Duration::from_millis(ticks * 10))
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn splitmix(mut x: u64) -> u64 {

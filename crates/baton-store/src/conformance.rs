@@ -41,6 +41,7 @@ macro_rules! store_conformance_tests {
             rows_created_and_updated_in_one_batch,
             upserts_replace_whole_rows,
             timeline_keeps_commit_order,
+            timeline_of_many_interleaved_tasks,
             list_tasks_filters,
             list_tasks_pages_newest_first,
             recover_returns_live_state,
@@ -809,6 +810,93 @@ pub async fn timeline_keeps_commit_order(store: &dyn Store) {
     assert_eq!(of("t-1").len(), 5, "fixture sanity");
 }
 
+/// Many tasks whose events interleave within each batch and across batches, with every field
+/// shape (usual and unusual subtask ids, agents, notes, extreme and unordered times): each
+/// timeline is exactly that task's events in commit order, then batch order.
+pub async fn timeline_of_many_interleaved_tasks(store: &dyn Store) {
+    const TASKS: usize = 40;
+    let ids: Vec<String> = (0..TASKS).map(|i| format!("t-{i}")).collect();
+    commit(
+        store,
+        new_tasks(ids.iter().zip(1..).map(|(id, seq)| task(id, seq)).collect()),
+    )
+    .await;
+    let shaped = |i: usize, n: usize| -> Event {
+        let id = &ids[i];
+        let at = match (i + n) % 5 {
+            0 => i64::MIN,
+            1 => i64::MAX,
+            2 => -((i * 7 + n) as i64),
+            _ => 1_700_000_000_000 + ((i * 31 + n * 17) % 97) as i64,
+        };
+        let subtask = match n % 4 {
+            0 => None,
+            1 => Some(SubtaskId::compose(
+                "code",
+                &TaskId::from(id.as_str()),
+                n as u32,
+            )),
+            2 => Some(SubtaskId::from(format!("odd::{id}"))),
+            _ => Some(SubtaskId::from(format!("review::{id}::{id}::x"))),
+        };
+        Event {
+            task_id: TaskId::from(id.as_str()),
+            at,
+            subtask_id: subtask,
+            from: (!n.is_multiple_of(3)).then(|| format!("state-{}", n % 7)),
+            to: format!("to-{n}"),
+            agent: (n % 2 == 1).then(|| AgentId::from(format!("ag-{}", i % 3))),
+            note: (n % 5 == 4).then(|| format!("note {n} of {id} — ü")),
+        }
+    };
+    // Round-robin in varying orders, a task's events never adjacent; then runs of one task;
+    // then a batch with a single task; some tasks sit out some batches.
+    let mut batches: Vec<Vec<Event>> = Vec::new();
+    let mut n = 0;
+    for round in 0..3 {
+        let mut batch = Vec::new();
+        for _ in 0..3 {
+            for k in 0..TASKS {
+                let i = (k * 7 + round * 11) % TASKS;
+                if (i + round) % 4 != 3 {
+                    batch.push(shaped(i, n));
+                    n += 1;
+                }
+            }
+        }
+        batches.push(batch);
+    }
+    batches.push(
+        (0..TASKS)
+            .rev()
+            .flat_map(|i| (0..3).map(move |k| (i, k)))
+            .map(|(i, k)| shaped(i, n + k))
+            .collect(),
+    );
+    batches.push((0..5).map(|k| shaped(17, n + 3 + k)).collect());
+
+    for events in batches.iter().cloned() {
+        commit(
+            store,
+            WriteBatch {
+                events,
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    let all: Vec<Event> = batches.into_iter().flatten().collect();
+    for id in &ids {
+        let expected: Vec<Event> = all
+            .iter()
+            .filter(|e| e.task_id.as_str() == id)
+            .cloned()
+            .collect();
+        assert!(expected.len() >= 8, "fixture sanity: {id}");
+        assert_eq!(read_timeline(store, id).await, expected, "timeline of {id}");
+    }
+}
+
 /// The `list_tasks` fixture: (id, seq, status, priority, task_type), inserted out of order.
 fn list_fixture() -> Vec<Task> {
     let rows: [(&str, i64, TaskStatus, u8, Option<&str>); 8] = [
@@ -1316,22 +1404,35 @@ pub async fn update_of_unknown_row_fails_whole_batch(store: &dyn Store) {
     }
     assert_unchanged(store, &before, "after updating an unknown task").await;
 
-    let mut unknown_subtask = doomed_batch();
-    unknown_subtask.subtask_updates.push(SubtaskUpdate {
-        task_id: TaskId::from("t-unknown"),
-        index: 0,
-        subtask_id: SubtaskId::from("code::t-unknown::1"),
-        state: SubtaskState::Ready,
-        attempts: 0,
-        assigned_agent: None,
-        outputs: None,
-        error: None,
-        updated_at: 0,
-    });
-    if store.commit(unknown_subtask).await.is_ok() {
-        panic!("updating an unknown subtask must fail the batch");
+    // Only t-1 has a subtask: index 0, `code::t-1::1`.
+    let unknown_subtasks = [
+        ("t-unknown", 0, "code::t-unknown::1", "of an unknown task"),
+        ("t-1", 1, "code::t-1::2", "at an unknown index"),
+        (
+            "t-1",
+            0,
+            "code::t-1::2",
+            "whose id names no row at its (task, index)",
+        ),
+    ];
+    for (task_id, index, subtask_id, what) in unknown_subtasks {
+        let mut unknown_subtask = doomed_batch();
+        unknown_subtask.subtask_updates.push(SubtaskUpdate {
+            task_id: TaskId::from(task_id),
+            index,
+            subtask_id: SubtaskId::from(subtask_id),
+            state: SubtaskState::Ready,
+            attempts: 0,
+            assigned_agent: None,
+            outputs: None,
+            error: None,
+            updated_at: 0,
+        });
+        if store.commit(unknown_subtask).await.is_ok() {
+            panic!("updating a subtask {what} must fail the batch");
+        }
+        assert_unchanged(store, &before, &format!("after updating a subtask {what}")).await;
     }
-    assert_unchanged(store, &before, "after updating an unknown subtask").await;
 
     commit(store, doomed_batch()).await;
     assert!(

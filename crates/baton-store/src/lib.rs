@@ -45,7 +45,8 @@ pub struct TaskUpdate {
 }
 
 /// A change of a subtask's mutable fields. The row is identified by `(task_id, index)`;
-/// `subtask_id` names the same row.
+/// `subtask_id` names the same row, and an update whose `subtask_id` does not is an update of
+/// an unknown subtask.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubtaskUpdate {
     pub task_id: TaskId,

@@ -1,6 +1,6 @@
 //! The SQLite backend on real files: the conformance suite (one fresh database per case), and
 //! what only this backend has — reopening, migrations, pragmas, crash durability, decoding of
-//! damaged rows, and reads beside a held write lock.
+//! damaged rows, the layout of timelines, and reads beside a held write lock.
 
 use baton_core::{
     AgentStatus, AssignmentId, AssignmentState, SubtaskState, Task, TaskId, TaskStatus,
@@ -163,6 +163,13 @@ async fn writer_uses_wal_and_full_sync() {
     );
     assert_eq!(store.writer_pragma("busy_timeout").unwrap(), "5000");
     assert_eq!(store.writer_pragma("foreign_keys").unwrap(), "0");
+    assert_eq!(store.writer_pragma("page_size").unwrap(), "16384");
+    let checkpoint_pages: i64 = store
+        .writer_pragma("wal_autocheckpoint")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(checkpoint_pages > 0, "the WAL must not grow without bound");
     assert!(matches!(
         store.writer_pragma("user_version; DROP TABLE tasks"),
         Err(Error::Backend(_))
@@ -263,6 +270,32 @@ async fn damaged_rows_read_as_corrupt() {
         assert!(store.task(&id).await.is_ok(), "{repair_sql} must repair");
     }
 
+    let timeline = store.timeline(&id).await.unwrap();
+    assert_eq!(timeline.len(), 2, "sample events");
+    for items in [
+        "{nope",
+        "[[1]]",
+        "[[\"1\",\"running\"]]",
+        "[[1,\"running\",null,7]]",
+    ] {
+        conn.execute("UPDATE events SET items = ?1", [items])
+            .expect("damaging update");
+        assert!(
+            matches!(store.timeline(&id).await, Err(Error::Corrupt(_))),
+            "events {items} must read as corrupt"
+        );
+    }
+    conn.execute(
+        "UPDATE events SET items = '[[1,\"planned\"],[1,\"running\"]]'",
+        [],
+    )
+    .expect("repairing update");
+    assert_eq!(
+        store.timeline(&id).await.unwrap(),
+        vec![event("t-1", 1, "planned"), event("t-1", 2, "running")],
+        "repaired events"
+    );
+
     let assignment_id = AssignmentId::from("as-t-1");
     damage("UPDATE assignments SET state = 'zombie'");
     assert!(matches!(
@@ -305,6 +338,51 @@ async fn reads_proceed_while_another_connection_holds_the_write_lock() {
     tx.commit().unwrap();
     let (seen, _) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
     assert_eq!(seen.title, "uncommitted", "committed writes become visible");
+}
+
+/// A commit stores each task's events as one row (what keeps timelines cheap to write), and
+/// the rows of later commits sort after it.
+#[tokio::test]
+async fn events_of_one_commit_are_one_row_per_task() {
+    let (store, dir) = fresh().await;
+    let ids = ["t-a", "t-b", "t-c"];
+    store
+        .commit(WriteBatch {
+            new_tasks: ids.iter().zip(1..).map(|(id, seq)| task(id, seq)).collect(),
+            events: (0..4)
+                .flat_map(|n| ids.iter().map(move |id| event(id, n, "step")))
+                .collect(),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    store
+        .commit(WriteBatch {
+            events: vec![event("t-b", 9, "done"), event("t-b", 10, "done")],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64)> = raw(dir.path())
+        .prepare("SELECT task_id, commit_no FROM events ORDER BY task_id, commit_no")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let first = rows[0].1;
+    assert_eq!(
+        rows,
+        vec![
+            ("t-a".to_owned(), first),
+            ("t-b".to_owned(), first),
+            ("t-b".to_owned(), first + 1),
+            ("t-c".to_owned(), first),
+        ]
+    );
+    let timeline = store.timeline(&TaskId::from("t-b")).await.unwrap();
+    let ats: Vec<i64> = timeline.iter().map(|e| e.at).collect();
+    assert_eq!(ats, [0, 1, 2, 3, 9, 10]);
 }
 
 const KILL_CHILD_DIR: &str = "BATON_STORE_KILL_9_CHILD_DIR";

@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Concurrency of each no-op agent.
     #[arg(long, default_value_t = 256)]
     pub agent_concurrency: u32,
+    /// Concurrent submitters (HTTP connections) in the bulk scenarios.
+    #[arg(long, default_value_t = 128)]
+    pub submitters: usize,
     /// Run on a Postgres backend (not built yet).
     #[arg(long)]
     pub postgres: Option<String>,

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use super::report::quantile;
 use super::{BenchArgs, Figure, Scenario, Sizes};
 
-/// Concurrent submitters in the bulk scenarios.
-const SUBMITTERS: usize = 64;
+/// Concurrent registrations in the agents scenario.
+const REGISTRARS: usize = 64;
 
 pub async fn run(
     scenario: Scenario,
@@ -161,16 +161,20 @@ fn wall_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// Submit every task through `POST /tasks`, `SUBMITTERS` at a time; returns each task id
+/// Submit every task through `POST /tasks`, `submitters` at a time; returns each task id
 /// with the wall-clock time its submission started.
-async fn submit_all(client: &Client, tasks: Vec<SubmitTask>) -> anyhow::Result<Vec<(String, f64)>> {
+async fn submit_all(
+    client: &Client,
+    tasks: Vec<SubmitTask>,
+    submitters: usize,
+) -> anyhow::Result<Vec<(String, f64)>> {
     let results: Vec<anyhow::Result<(String, f64)>> = stream::iter(tasks)
         .map(|t| async move {
             let at = wall_ms();
             let s = client.submit(&t).await?;
             Ok((s.task.task_id, at))
         })
-        .buffer_unordered(SUBMITTERS)
+        .buffer_unordered(submitters)
         .collect()
         .await;
     results.into_iter().collect()
@@ -259,11 +263,19 @@ fn bulk_figures(
 
 async fn independent(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> {
     let h = Harness::start(args).await?;
-    let submitted = submit_all(&h.client, (0..n).map(one_step_task).collect()).await?;
+    let submitted = submit_all(
+        &h.client,
+        (0..n).map(one_step_task).collect(),
+        args.submitters,
+    )
+    .await?;
     let finished = finish_times(&h.client, n).await?;
     h.stop().await?;
     let (_, subtasks_per_s, lat) = bulk_figures(&submitted, &finished, 1);
-    let note = format!("{n} one-step tasks, {SUBMITTERS} concurrent submitters");
+    let note = format!(
+        "{n} one-step tasks, {} concurrent submitters",
+        args.submitters
+    );
     Ok(vec![
         Figure::new("independent", "subtasks/s", subtasks_per_s, "/s")
             .at_least(30_000.0)
@@ -287,7 +299,7 @@ async fn independent(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> 
 
 async fn dag(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> {
     let h = Harness::start(args).await?;
-    let submitted = submit_all(&h.client, (0..n).map(dag_task).collect()).await?;
+    let submitted = submit_all(&h.client, (0..n).map(dag_task).collect(), args.submitters).await?;
     let finished = finish_times(&h.client, n).await?;
     h.stop().await?;
     Ok(dag_figures("dag", n, &submitted, &finished))
@@ -457,7 +469,7 @@ async fn agents(n: usize) -> anyhow::Result<Vec<Figure>> {
                 Ok((r.agent_id, r.token))
             }
         })
-        .buffer_unordered(SUBMITTERS)
+        .buffer_unordered(REGISTRARS)
         .collect()
         .await;
     let registered: Vec<(String, String)> =
@@ -513,7 +525,7 @@ async fn agents(n: usize) -> anyhow::Result<Vec<Figure>> {
 async fn api(args: &BenchArgs, n: usize, rate: u32) -> anyhow::Result<Vec<Figure>> {
     let h = Harness::start(args).await?;
     // A few tasks exist before the load starts, so there is always something to read.
-    let seed = submit_all(&h.client, (0..10).map(dag_task).collect()).await?;
+    let seed = submit_all(&h.client, (0..10).map(dag_task).collect(), args.submitters).await?;
     let ids: Vec<String> = seed.into_iter().map(|s| s.0).collect();
     let (done_tx, done_rx) = watch::channel(false);
     let reader = {
@@ -534,7 +546,7 @@ async fn api(args: &BenchArgs, n: usize, rate: u32) -> anyhow::Result<Vec<Figure
             Ok::<_, anyhow::Error>(lat)
         })
     };
-    let submitted = submit_all(&h.client, (0..n).map(dag_task).collect()).await?;
+    let submitted = submit_all(&h.client, (0..n).map(dag_task).collect(), args.submitters).await?;
     let finished = finish_times(&h.client, n + 10).await?;
     let _ = done_tx.send(true);
     let mut lat = reader.await??;

@@ -5,9 +5,9 @@
 -- (SQL NULL means `None`; the text 'null' means `Some(Value::Null)`). STRICT tables reject
 -- values of the wrong type.
 --
--- Every commit pays for each B-tree a row touches, so each table has as few as its reads need:
--- tasks 4 (the table, task_id, status, live), subtasks, assignments and events 1 each (plus
--- the partial index of active assignments).
+-- Every commit pays for each B-tree a row touches, so each table has only what its reads need:
+-- tasks 4 (the table, task_id, status, live), subtasks and events 1 each, assignments 2 (the
+-- table and its active ones). Tables read by a text key are WITHOUT ROWID: the key is the row.
 
 -- Keyed by `seq` (the rowid): new tasks append, and `list_tasks` walks it newest first.
 CREATE TABLE tasks (
@@ -33,11 +33,13 @@ CREATE TABLE tasks (
 -- cost every task insert and every status change more than those reads save.
 CREATE INDEX tasks_by_status ON tasks (status);
 -- `recover`: only live tasks, so a restart does not scan the whole history. The WHERE clause
--- must match the one in sqlite.rs word for word for the planner to use this index. UNIQUE
--- (as seq is) tells the planner one row per seq, so subtasks come out in (seq, idx) order
--- straight from the subtasks key, without a sort.
-CREATE UNIQUE INDEX tasks_live ON tasks (seq)
-    WHERE status NOT IN ('completed', 'failed', 'cancelled');
+-- must match the one in sqlite.rs word for word for the planner to use this index; it avoids
+-- `NOT IN (…)`, which builds a temporary table on every insert and update of a task. Not
+-- UNIQUE: seq is the rowid, so the planner already knows it is unique (subtasks come out in
+-- (seq, idx) order straight from the subtasks key, without a sort), and a UNIQUE index would
+-- cost every insert and status change a uniqueness probe.
+CREATE INDEX tasks_live ON tasks (seq)
+    WHERE status <> 'completed' AND status <> 'failed' AND status <> 'cancelled';
 
 -- Read by task, updated by (task_id, idx): the key is the only B-tree.
 CREATE TABLE subtasks (
@@ -85,7 +87,7 @@ CREATE TABLE agents (
     created_at      INTEGER NOT NULL
 ) STRICT;
 
--- Numbers the commits that append events; the one row counts up, never down.
+-- Numbers the commits that append events; its one row counts up, never down.
 CREATE TABLE event_commits (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     last INTEGER NOT NULL
@@ -93,8 +95,9 @@ CREATE TABLE event_commits (
 INSERT INTO event_commits (id, last) VALUES (1, 0);
 
 -- Timelines: one row per task per commit, holding that commit's events of the task in batch
--- order as a JSON array of `[at, subtask_id, from, to, agent, note]` arrays. A timeline is its
--- rows in `commit_no` order, each expanded in order.
+-- order as a JSON array of compact events (`[at, to, from, subtask, agent, note]`, see
+-- src/sqlite/timeline.rs). A timeline is its rows in `commit_no` order, each expanded in order.
+-- Rows of one task are adjacent, so reading a timeline touches a page or two.
 CREATE TABLE events (
     task_id   TEXT    NOT NULL,
     commit_no INTEGER NOT NULL,
