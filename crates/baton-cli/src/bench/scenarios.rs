@@ -474,6 +474,8 @@ async fn agents(n: usize) -> anyhow::Result<Vec<Figure>> {
         .await;
     let registered: Vec<(String, String)> =
         registered.into_iter().collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_registration = rss_kib(pid)?;
     let polls: Vec<_> = registered
         .into_iter()
         .map(|(id, token)| {
@@ -509,8 +511,9 @@ async fn agents(n: usize) -> anyhow::Result<Vec<Figure>> {
     let mb = rss / 1024.0;
     let per_agent = (rss - baseline) / n as f64;
     let note = format!(
-        "{n} registered agents long-polling; separate server process, baseline {:.1} MB",
-        baseline / 1024.0
+        "{n} agents long-polling; separate server process; {:.1} MB at start, {:.1} MB registered",
+        baseline / 1024.0,
+        after_registration / 1024.0
     );
     Ok(vec![
         Figure::new("agents", "server RSS", mb, "MB")
