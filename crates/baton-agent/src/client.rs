@@ -16,8 +16,8 @@ use std::time::Duration;
 use baton_api::{
     AgentList, AgentView, AssignmentReply, CompleteRequest, ErrorBody, ExecuteRequest, FailRequest,
     Health, HeartbeatReply, HeartbeatRequest, LeaseRequest, LeaseResponse, PlannedTask,
-    ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply, ResultsRequest, SubmitTask,
-    TaskDetail, TaskList, TaskStatusReply,
+    ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply, ResultsRequest, SubmitBatch,
+    SubmitBatchReply, SubmitTask, TaskDetail, TaskList, TaskStatusReply,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -229,6 +229,14 @@ impl Client {
     /// `GET /tasks/{task_id}`.
     pub async fn task(&self, task_id: &str) -> Result<TaskDetail, Error> {
         let req = self.request(Method::GET, &["tasks", task_id], None)?;
+        self.answer(req).await
+    }
+
+    /// `POST /tasks/batch`: many submissions in one call; one outcome per task, in order.
+    pub async fn submit_batch(&self, batch: &SubmitBatch) -> Result<SubmitBatchReply, Error> {
+        let req = self
+            .request(Method::POST, &["tasks", "batch"], None)?
+            .json(batch);
         self.answer(req).await
     }
 

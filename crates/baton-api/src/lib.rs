@@ -69,6 +69,32 @@ pub struct PlannedSubtask {
     pub depends_on: Vec<String>,
 }
 
+/// `POST /tasks/batch`: many submissions in one call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubmitBatch {
+    pub tasks: Vec<SubmitTask>,
+    /// Start the tasks at once (like `POST /tasks`, the default) or only plan them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execute: Option<bool>,
+}
+
+/// The answer to a batch: one outcome per task, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitBatchReply {
+    pub tasks: Vec<SubmitOutcome>,
+}
+
+/// What happened to one task of a batch: the status a single submission would have had
+/// (201 created, 200 existing, 409 conflict, ...) with the task or the error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitOutcome {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<PlannedTask>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
 /// `POST /execute/{task_id}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecuteRequest {

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use baton_agent::{Job, TaskFilter};
 use common::*;
 use futures::future::join_all;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const BODY: &str = r#"{"task_id":"dup-1","title":"Post","description":"About AI","priority":"high",
@@ -384,4 +385,142 @@ async fn tasks_without_a_plan_are_planned_by_type_or_category() {
     );
     assert_eq!(lease.input["brief"], "the page layout is broken");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_submission_validates_all_then_reports_each() {
+    let server = TestServer::start().await;
+    let one = |id: &str, title: &str| {
+        json!({"task_id": id, "title": title, "description": "d",
+               "plan": {"subtasks": [{"id": "s", "capability": "echo"}]}})
+    };
+
+    // One bad task refuses the whole batch, listing every bad field, and creates nothing.
+    let bad = server
+        .post(
+            "/tasks/batch",
+            json!({"tasks": [one("b-1", "ok"), {"title": ""}, one("b 3", "x")]}),
+        )
+        .await;
+    bad.assert_invalid(&["tasks[1].title", "tasks[1].description", "tasks[2].task_id"]);
+    assert!(server.get("/tasks").await.body["tasks"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    server
+        .post("/tasks/batch", json!({"tasks": []}))
+        .await
+        .assert_invalid(&["tasks"]);
+
+    // Then each task gets what a single submission would: created, existing, conflict.
+    server.post("/tasks", one("b-2", "first")).await;
+    let reply = server
+        .post(
+            "/tasks/batch",
+            json!({"tasks": [one("b-1", "new"), one("b-2", "first"), one("b-2", "changed")],
+                   "execute": false}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let outcomes = reply.body["tasks"].as_array().unwrap();
+    let statuses: Vec<u64> = outcomes
+        .iter()
+        .map(|o| o["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 200, 409]);
+    assert_eq!(outcomes[0]["task"]["status"], "planned");
+    assert_eq!(
+        outcomes[0]["task"]["subtasks"][0]["subtask_id"],
+        "echo::b-1::1"
+    );
+    assert_eq!(outcomes[2]["error"]["error"], "conflict");
+    assert_eq!(server.task("b-1").await.status, "planned");
+    assert_eq!(server.task("b-2").await.title, "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_settle_each_attempt_on_its_own() {
+    let server = TestServer::start().await;
+    let agent = server.hand_agent("batcher", &["echo"]).await;
+    for id in ["r-1", "r-2"] {
+        server
+            .post(
+                "/tasks",
+                json!({"task_id": id, "title": "t", "description": "d",
+                       "plan": {"subtasks": [{"id": "s", "capability": "echo"}]}}),
+            )
+            .await;
+    }
+    let leases = agent.lease(2, 1_000).await;
+    assert_eq!(leases.len(), 2);
+    let path = format!("/agents/{}/results", agent.agent_id);
+    let body = json!({"results": [
+        {"assignment_id": leases[0].assignment_id, "outputs": {"n": 1}},
+        {"assignment_id": leases[1].assignment_id, "error": "boom", "retryable": false},
+        {"assignment_id": "as-999-0-1", "outputs": {}},
+    ]});
+    let reply = server
+        .raw(
+            Method::POST,
+            &path,
+            Body::Json(body.clone()),
+            Some(&agent.token),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let outcomes = reply.body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = outcomes
+        .iter()
+        .map(|o| o["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 404]);
+    assert_eq!(outcomes[0]["state"], "completed");
+    assert_eq!(outcomes[1]["state"], "failed");
+    let done = server
+        .wait_for_status(
+            &leases[0].task_id,
+            "completed",
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(done.subtasks[0].outputs, Some(json!({"n": 1})));
+    server
+        .wait_for_status(
+            &leases[1].task_id,
+            "failed",
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+
+    // The same batch again: the completion is acknowledged again, the failure is settled.
+    let again = server
+        .raw(Method::POST, &path, Body::Json(body), Some(&agent.token))
+        .await;
+    let statuses: Vec<u64> = again.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 409, 404]);
+
+    // Without the agent's token nothing is settled; a malformed item is a 400.
+    server
+        .raw(
+            Method::POST,
+            &path,
+            Body::Json(json!({"results": []})),
+            None,
+        )
+        .await
+        .assert_error(401, "unauthorized");
+    server
+        .raw(
+            Method::POST,
+            &path,
+            Body::Json(json!({"results": [{"assignment_id": "x"}]})),
+            Some(&agent.token),
+        )
+        .await
+        .assert_invalid(&["results[0].outputs"]);
 }

@@ -261,6 +261,43 @@ fn bulk_figures(
     (n / secs, n * subtasks_per_task as f64 / secs, latencies)
 }
 
+/// Tasks per call and calls in flight when submitting in batches (`POST /tasks/batch`).
+const BATCH: usize = 100;
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// Submit through `POST /tasks/batch`; every task of a call gets the call's start time.
+async fn submit_batched(
+    client: &Client,
+    tasks: Vec<SubmitTask>,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let chunks: Vec<Vec<SubmitTask>> = tasks.chunks(BATCH).map(<[SubmitTask]>::to_vec).collect();
+    let results: Vec<anyhow::Result<Vec<(String, f64)>>> = stream::iter(chunks)
+        .map(|tasks| async move {
+            let at = wall_ms();
+            let reply = client
+                .submit_batch(&baton_agent::api::SubmitBatch {
+                    tasks,
+                    execute: None,
+                })
+                .await?;
+            reply
+                .tasks
+                .into_iter()
+                .map(|o| match (o.status, o.task) {
+                    (201, Some(t)) => Ok((t.task_id, at)),
+                    (status, _) => bail!("a batched submission answered {status}"),
+                })
+                .collect()
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .collect()
+        .await;
+    Ok(results
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .concat())
+}
+
 async fn independent(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> {
     let h = Harness::start(args).await?;
     let submitted = submit_all(
@@ -273,8 +310,17 @@ async fn independent(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> 
     h.stop().await?;
     let (_, subtasks_per_s, lat) = bulk_figures(&submitted, &finished, 1);
     let note = format!(
-        "{n} one-step tasks, {} concurrent submitters",
+        "{n} one-step tasks, one POST /tasks each, {} at a time",
         args.submitters
+    );
+    // The same load submitted in batches, on a fresh database.
+    let h = Harness::start(args).await?;
+    let batched = submit_batched(&h.client, (0..n).map(one_step_task).collect()).await?;
+    let finished = finish_times(&h.client, n).await?;
+    h.stop().await?;
+    let (_, batched_per_s, batched_lat) = bulk_figures(&batched, &finished, 1);
+    let batched_note = format!(
+        "{n} one-step tasks, POST /tasks/batch of {BATCH}, {BATCHES_IN_FLIGHT} calls at a time"
     );
     Ok(vec![
         Figure::new("independent", "subtasks/s", subtasks_per_s, "/s")
@@ -294,6 +340,21 @@ async fn independent(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> 
             "ms",
         )
         .note(&note),
+        Figure::new(
+            "independent",
+            "subtasks/s (batch submit)",
+            batched_per_s,
+            "/s",
+        )
+        .at_least(30_000.0)
+        .note(&batched_note),
+        Figure::new(
+            "independent",
+            "p99 (batch submit)",
+            quantile(&batched_lat, 0.99),
+            "ms",
+        )
+        .note(&batched_note),
     ])
 }
 

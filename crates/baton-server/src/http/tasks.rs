@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orchestrate", post(orchestrate))
         .route("/tasks", post(submit).get(list))
+        .route("/tasks/batch", post(submit_batch))
         .route("/tasks/{task_id}", get(detail))
         .route("/tasks/{task_id}/cancel", put(cancel))
         .route("/execute/{task_id}", post(execute))
@@ -53,6 +54,76 @@ async fn submit(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
     accept(&state, body, true).await
+}
+
+/// Most tasks one batch may carry.
+const MAX_BATCH: usize = 1000;
+
+/// `POST /tasks/batch`: every task is validated first (one 400 lists every bad field, and
+/// nothing is created); then each is submitted as `POST /tasks` would, all in one commit when
+/// the engine can, and the answer lists each outcome in order.
+async fn submit_batch(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<api::SubmitBatchReply>, ApiError> {
+    let mut f = Fields::new(&body, &["tasks", "execute"]);
+    let execute = f.boolean("execute").unwrap_or(true);
+    let list = match f.raw("tasks") {
+        Some(serde_json::Value::Array(list)) if !list.is_empty() && list.len() <= MAX_BATCH => {
+            list.as_slice()
+        }
+        Some(_) => {
+            f.problem("tasks", format!("must be a list of 1 to {MAX_BATCH} tasks"));
+            &[]
+        }
+        None => {
+            f.problem("tasks", "required");
+            &[]
+        }
+    };
+    let now = now_ms();
+    let mut tasks = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match validate::submission(item, execute, now) {
+            Ok(task) => tasks.push(task),
+            Err(issues) => {
+                for issue in issues {
+                    f.problem(&format!("tasks[{i}].{}", issue.field), issue.issue);
+                }
+            }
+        }
+    }
+    let tasks = f.finish(Some(tasks)).map_err(ApiError::invalid)?;
+    let answers =
+        futures::future::join_all(tasks.into_iter().map(|t| state.engine.submit(t))).await;
+    let tasks = answers
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(Submitted::Created(s)) => api::SubmitOutcome {
+                status: 201,
+                task: Some(convert::planned(&s)),
+                error: None,
+            },
+            Ok(Submitted::Existing(s)) => api::SubmitOutcome {
+                status: 200,
+                task: Some(convert::planned(&s)),
+                error: None,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                api::SubmitOutcome {
+                    status: e.status.as_u16(),
+                    task: None,
+                    error: Some(api::ErrorBody {
+                        error: e.code.to_owned(),
+                        message: e.message,
+                        fields: Vec::new(),
+                    }),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(api::SubmitBatchReply { tasks }))
 }
 
 async fn execute(
