@@ -3,6 +3,7 @@
 use baton_api as api;
 use baton_core::{Event, Millis, Subtask, Task};
 use baton_engine::{AgentInfo, LeaseGrant, TaskSnapshot};
+use serde_json::{Map, Value};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -33,12 +34,35 @@ pub fn planned(s: &TaskSnapshot) -> api::PlannedTask {
     }
 }
 
+/// The task result as clients see it: the stored summary and metrics, with the outputs (and
+/// errors) of every subtask merged in, keyed by subtask id.
+fn result_with_outputs(result: Option<Value>, subtasks: &[Subtask]) -> Option<Value> {
+    let mut result = result?;
+    let Some(obj) = result.as_object_mut() else {
+        return Some(result);
+    };
+    let outputs: Map<String, Value> = subtasks
+        .iter()
+        .filter_map(|s| Some((s.subtask_id.to_string(), s.outputs.clone()?)))
+        .collect();
+    let errors: Map<String, Value> = subtasks
+        .iter()
+        .filter_map(|s| Some((s.subtask_id.to_string(), Value::String(s.error.clone()?))))
+        .collect();
+    obj.insert("outputs".into(), Value::Object(outputs));
+    if !errors.is_empty() {
+        obj.insert("errors".into(), Value::Object(errors));
+    }
+    Some(result)
+}
+
 pub fn detail(
     task: Task,
     subtasks: Vec<Subtask>,
     events: Vec<Event>,
     now: Millis,
 ) -> api::TaskDetail {
+    let result = result_with_outputs(task.result.clone(), &subtasks);
     api::TaskDetail {
         metrics: api::Metrics {
             elapsed_seconds: task.elapsed_seconds(now),
@@ -66,7 +90,7 @@ pub fn detail(
                 error: s.error,
             })
             .collect(),
-        result: task.result,
+        result,
         status_history: events
             .into_iter()
             .map(|e| api::HistoryEntry {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use baton_core::{Event, Millis, SubtaskState, TaskId, TaskStatus};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 use super::{Engine, Internal, StoredTask, SubRt, TaskRt};
 use crate::handle::{NewTask, Reply, Submitted, TaskSnapshot};
@@ -303,40 +303,28 @@ impl Engine {
         }
     }
 
-    /// Build the task result: outputs per subtask, a summary and the metrics.
+    /// Build the task result: a summary and the metrics. The outputs and errors per subtask
+    /// are stored once, on the subtasks; readers merge them into the result (see the server).
     fn aggregate(&mut self, seq: i64) {
         let Some(rt) = self.tasks.get_mut(&seq) else {
             return;
         };
-        let mut outputs = Map::new();
-        let mut errors = Map::new();
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
         for s in &rt.subs {
             *counts.entry(s.sub.state.as_str()).or_default() += 1;
-            if let Some(o) = &s.sub.outputs {
-                outputs.insert(s.sub.subtask_id.to_string(), o.clone());
-            }
-            if let Some(e) = &s.sub.error {
-                errors.insert(s.sub.subtask_id.to_string(), Value::String(e.clone()));
-            }
         }
         let done = counts.get("completed").copied().unwrap_or(0);
         let total = rt.subs.len();
         let finished = rt.task.finished_at.unwrap_or(rt.task.created_at);
-        let mut result = json!({
+        rt.task.result = Some(json!({
             "status": rt.task.status.as_str(),
             "summary": format!("{done} of {total} subtasks completed; task {}", rt.task.status),
-            "outputs": outputs,
             "metrics": {
                 "elapsed_seconds": rt.task.elapsed_seconds(finished),
                 "on_time": rt.task.on_time(finished),
                 "subtasks": counts,
             },
-        });
-        if !errors.is_empty() {
-            result["errors"] = Value::Object(errors);
-        }
-        rt.task.result = Some(result);
+        }));
         self.write_task(seq);
     }
 }
