@@ -157,9 +157,17 @@ pub(crate) enum Command {
 #[derive(Clone, Debug)]
 pub struct Handle {
     pub(crate) tx: mpsc::Sender<Command>,
+    /// Set by the engine after a failed commit (it then refuses every change).
+    pub(crate) failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle {
+    /// Whether the engine accepts changes: false after a commit failed (fail-stop) or once
+    /// it has stopped.
+    pub fn is_healthy(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx

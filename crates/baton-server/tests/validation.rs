@@ -525,3 +525,13 @@ async fn agent_protocol_bodies_are_validated() {
     assert_eq!(detail.subtasks[0].outputs, Some(json!(1)));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_engine() {
+    let server = TestServer::start().await;
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.body["status"], "ok");
+    let health = server.get("/healthz").await;
+    assert_eq!(health.status, 200, "{health:?}");
+}

@@ -150,6 +150,8 @@ pub(crate) struct Engine {
     quiesced: bool,
     stopping: bool,
     committer: Option<tokio::task::JoinHandle<()>>,
+    /// Shared with every [`Handle`], so health checks see a failed commit.
+    failed_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A submission waiting for the store lookup of its task id.
@@ -184,6 +186,7 @@ impl Engine {
                 }
             }
         });
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut engine = Engine {
             config,
             store,
@@ -212,6 +215,7 @@ impl Engine {
             quiesced: false,
             stopping: false,
             committer: Some(committer),
+            failed_flag: failed.clone(),
         };
         engine.recover(recovered, now_ms());
         engine
@@ -219,7 +223,7 @@ impl Engine {
             .at(now_ms() + HEALTH_SWEEP_MS, Timer::HealthSweep);
         engine.end_turn(now_ms());
         let join = tokio::spawn(engine.run(rx, internal_rx));
-        Ok((Handle { tx }, join))
+        Ok((Handle { tx, failed }, join))
     }
 
     async fn run(
@@ -312,6 +316,8 @@ impl Engine {
             }
             Internal::Commit(Outcome::Failed(error)) => {
                 self.failed = Some(error);
+                self.failed_flag
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Internal::Looked(task_id, found) => self.on_looked(task_id, found, now_ms()),
         }

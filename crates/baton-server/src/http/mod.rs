@@ -14,6 +14,7 @@ use crate::{ApiError, AppState, MAX_BODY_BYTES};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(tasks::router())
         .merge(agents::router())
         .merge(assignments::router())
@@ -28,6 +29,20 @@ async fn healthz() -> Json<baton_api::Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     })
+}
+
+/// Ready when the engine accepts changes: 503 after a failed commit (the engine refuses
+/// changes until it is restarted and recovers from the store) or during shutdown.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<Json<baton_api::Health>, ApiError> {
+    if state.engine.is_healthy() {
+        Ok(healthz().await)
+    } else {
+        Err(ApiError::unavailable(
+            "the engine refuses changes after a storage failure; restart it to recover",
+        ))
+    }
 }
 
 async fn not_found() -> ApiError {
