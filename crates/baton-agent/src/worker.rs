@@ -428,6 +428,7 @@ async fn reporter_loop(session: Arc<Session>, mut queue: mpsc::UnboundedReceiver
         }
         let request = ResultsRequest {
             results: batch.iter().map(|p| p.item.clone()).collect(),
+            held: Some(session.held()),
         };
         let answer = retrying("results", || {
             session

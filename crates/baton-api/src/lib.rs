@@ -316,6 +316,9 @@ pub struct FailRequest {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultsRequest {
     pub results: Vec<ResultItem>,
+    /// The assignments the agent is still working on; see [`HeartbeatRequest::held`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<String>>,
 }
 
 /// One result: `outputs` for a completion, or `error` (and `retryable`) for a failure.

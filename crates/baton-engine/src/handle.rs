@@ -145,6 +145,7 @@ pub(crate) enum Command {
     Results {
         agent_id: AgentId,
         token_hash: String,
+        held: Option<Vec<AssignmentId>>,
         items: Vec<(AssignmentId, AttemptOutcome)>,
         reply: Reply<Vec<Result<AssignmentInfo, Error>>>,
     },
@@ -306,15 +307,18 @@ impl Handle {
 
     /// Report several results of one agent at once (one commit for all). Each item is
     /// settled on its own: the answer lists, in order, what `complete`/`fail` would have said.
+    /// The call counts as a heartbeat; `held` renews those leases (see [`Handle::heartbeat`]).
     pub async fn results(
         &self,
         agent_id: AgentId,
         token_hash: String,
+        held: Option<Vec<AssignmentId>>,
         items: Vec<(AssignmentId, AttemptOutcome)>,
     ) -> Result<Vec<Result<AssignmentInfo, Error>>, Error> {
         self.ask(|reply| Command::Results {
             agent_id,
             token_hash,
+            held,
             items,
             reply,
         })

@@ -355,7 +355,7 @@ pub fn results(
     body: &Value,
     max: usize,
 ) -> Result<Vec<(AssignmentId, AttemptOutcome)>, Vec<FieldIssue>> {
-    let mut f = Fields::new(body, &["results"]);
+    let mut f = Fields::new(body, &["results", "held"]);
     let list = match f.raw("results") {
         Some(Value::Array(list)) if !list.is_empty() && list.len() <= max => list.as_slice(),
         Some(_) => {

@@ -193,7 +193,6 @@ impl Engine {
                 .iter()
                 .filter(|a| rt.in_flight.contains(*a))
                 .for_each(&mut renew_one),
-            Renew::Nothing => {}
         }
         Ok((id, renewed.then_some(expires)))
     }
@@ -514,8 +513,6 @@ pub(crate) enum Renew<'a> {
     All,
     /// Only these (the agent listed what it is working on).
     Only(&'a [AssignmentId]),
-    /// None: the call is about something else (a result).
-    Nothing,
 }
 
 fn effective_status(rt: &AgentRt) -> AgentStatus {

@@ -425,6 +425,7 @@ impl Engine {
             Command::Results {
                 agent_id,
                 token_hash,
+                held,
                 items,
                 reply,
             } => {
@@ -438,7 +439,7 @@ impl Engine {
                         (id, r)
                     })
                     .collect();
-                self.report_many(&agent_id, &token_hash, items, reply, now)
+                self.report_many(&agent_id, &token_hash, held, items, reply, now)
             }
             Command::Shutdown => self.stopping = true,
         }

@@ -102,7 +102,8 @@ impl Engine {
         reply: Reply<AssignmentInfo>,
         now: Millis,
     ) {
-        let agent_id = match self.touch(None, token_hash, Renew::Nothing, now) {
+        // A single result call counts as a heartbeat of the agent: every lease is renewed.
+        let agent_id = match self.touch(None, token_hash, Renew::All, now) {
             Ok((agent_id, _)) => agent_id,
             Err(e) => return self.reply(reply, Err(e)),
         };
@@ -122,11 +123,13 @@ impl Engine {
         &mut self,
         agent_id: &AgentId,
         token_hash: &str,
+        held: Option<Vec<AssignmentId>>,
         items: Vec<(AssignmentId, AttemptResult)>,
         reply: Reply<Vec<Result<AssignmentInfo, Error>>>,
         now: Millis,
     ) {
-        let agent_id = match self.touch(Some(agent_id), token_hash, Renew::Nothing, now) {
+        let renew = held.as_deref().map_or(Renew::All, Renew::Only);
+        let agent_id = match self.touch(Some(agent_id), token_hash, renew, now) {
             Ok((agent_id, _)) => agent_id,
             Err(e) => return self.reply(reply, Err(e)),
         };

@@ -182,10 +182,13 @@ async fn results(
     JsonBody(body): JsonBody,
 ) -> Result<Json<api::ResultsReply>, ApiError> {
     let items = validate::results(&body, MAX_RESULTS).map_err(ApiError::invalid)?;
+    let mut f = Fields::new(&body, &["results", "held"]);
+    let held = held(&mut f);
+    f.finish(Some(())).map_err(ApiError::invalid)?;
     let ids: Vec<String> = items.iter().map(|(id, _)| id.to_string()).collect();
     let answers = state
         .engine
-        .results(AgentId(agent_id), token_hash, items)
+        .results(AgentId(agent_id), token_hash, held, items)
         .await?;
     let results = ids
         .into_iter()
