@@ -41,6 +41,7 @@ macro_rules! store_conformance_tests {
             rows_created_and_updated_in_one_batch,
             upserts_replace_whole_rows,
             timeline_keeps_commit_order,
+            task_detail_matches_task_and_timeline,
             timeline_of_many_interleaved_tasks,
             list_tasks_filters,
             list_tasks_pages_newest_first,
@@ -808,6 +809,52 @@ pub async fn timeline_keeps_commit_order(store: &dyn Store) {
         "timeline of t-2"
     );
     assert_eq!(of("t-1").len(), 5, "fixture sanity");
+}
+
+/// `task_detail` returns the task, its subtasks and its timeline exactly as `task` and
+/// `timeline` do, and `None` for an unknown task.
+pub async fn task_detail_matches_task_and_timeline(store: &dyn Store) {
+    let t = task("td-1", 1);
+    let subs = vec![subtask("td-1", 0), subtask("td-1", 1)];
+    commit(
+        store,
+        WriteBatch {
+            new_tasks: vec![t.clone()],
+            new_subtasks: subs.clone(),
+            events: vec![event("td-1", 1, "planned"), event("td-1", 2, "running")],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    commit(
+        store,
+        WriteBatch {
+            events: vec![event("td-1", 3, "completed")],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let id = TaskId::from("td-1");
+    let detail = store
+        .task_detail(&id)
+        .await
+        .expect("task_detail reads")
+        .expect("the task exists");
+    let (task_read, subtasks_read) = store.task(&id).await.unwrap().unwrap();
+    assert_eq!(detail.task, task_read, "task");
+    assert_eq!(detail.subtasks, subtasks_read, "subtasks");
+    assert_eq!(detail.subtasks, subs, "subtasks as committed");
+    assert_eq!(
+        detail.events,
+        store.timeline(&id).await.unwrap(),
+        "timeline"
+    );
+    assert_eq!(detail.events.len(), 3, "every event");
+    assert!(store
+        .task_detail(&TaskId::from("nope"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Many tasks whose events interleave within each batch and across batches, with every field

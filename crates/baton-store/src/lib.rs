@@ -119,6 +119,14 @@ pub struct Recovery {
     pub max_seq: i64,
 }
 
+/// A task with everything a reader shows of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskDetail {
+    pub task: Task,
+    pub subtasks: Vec<Subtask>,
+    pub events: Vec<Event>,
+}
+
 /// Filters of `GET /tasks`; results come newest first (by `seq`, descending).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskQuery {
@@ -144,6 +152,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// A task's timeline, oldest first (commit order, then order within the batch).
     async fn timeline(&self, task_id: &TaskId) -> Result<Vec<Event>>;
+
+    /// A task, its subtasks and its timeline as of one commit (a backend should read them in
+    /// one snapshot; the default reads them one after the other).
+    async fn task_detail(&self, task_id: &TaskId) -> Result<Option<TaskDetail>> {
+        let Some((task, subtasks)) = self.task(task_id).await? else {
+            return Ok(None);
+        };
+        let events = self.timeline(task_id).await?;
+        Ok(Some(TaskDetail {
+            task,
+            subtasks,
+            events,
+        }))
+    }
 
     /// Tasks matching `query`, newest first, at most `query.limit`.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;

@@ -25,7 +25,7 @@
 mod timeline;
 mod write;
 
-use crate::{Error, Recovery, Result, Store, TaskQuery, WriteBatch};
+use crate::{Error, Recovery, Result, Store, TaskDetail, TaskQuery, WriteBatch};
 use async_trait::async_trait;
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Event, Priority,
@@ -255,40 +255,34 @@ impl Store for SqliteStore {
         let task_id = task_id.clone();
         self.read(move |conn| {
             let tx = conn.transaction()?;
-            let mut tasks = query_all(
-                &tx,
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?1"),
-                [task_id.as_str()],
-                decode_task,
-            )?;
-            let Some(task) = tasks.pop() else {
+            let found = read_task(&tx, &task_id)?;
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn task_detail(&self, task_id: &TaskId) -> Result<Option<TaskDetail>> {
+        let task_id = task_id.clone();
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let Some((task, subtasks)) = read_task(&tx, &task_id)? else {
                 return Ok(None);
             };
-            let subtasks = query_all(
-                &tx,
-                &format!("SELECT {SUBTASK_COLUMNS} FROM subtasks WHERE task_id = ?1 ORDER BY idx"),
-                [task_id.as_str()],
-                decode_subtask,
-            )?;
+            let events = read_timeline(&tx, &task_id)?;
             tx.commit()?;
-            Ok(Some((task, subtasks)))
+            Ok(Some(TaskDetail {
+                task,
+                subtasks,
+                events,
+            }))
         })
         .await
     }
 
     async fn timeline(&self, task_id: &TaskId) -> Result<Vec<Event>> {
         let task_id = task_id.clone();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(TIMELINE_SQL)?;
-            let mut rows = stmt.query([task_id.as_str()])?;
-            let mut events = Vec::new();
-            while let Some(row) = rows.next()? {
-                timeline::decode(&task_id, text_column(row, 0)?, &mut events)
-                    .map_err(|e| Error::Corrupt(format!("events of {task_id}: {e}")))?;
-            }
-            Ok(events)
-        })
-        .await
+        self.read(move |conn| read_timeline(conn, &task_id)).await
     }
 
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>> {
@@ -333,6 +327,38 @@ impl From<rusqlite::Error> for Error {
 
 /// Lock a mutex, taking the value over from a thread that panicked while holding it: the
 /// connection inside is still sound (an open transaction is rolled back before reuse).
+/// A task and its subtasks (plan order), inside the caller's transaction.
+fn read_task(conn: &Connection, task_id: &TaskId) -> Result<Option<(Task, Vec<Subtask>)>> {
+    let mut tasks = query_all(
+        conn,
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?1"),
+        [task_id.as_str()],
+        decode_task,
+    )?;
+    let Some(task) = tasks.pop() else {
+        return Ok(None);
+    };
+    let subtasks = query_all(
+        conn,
+        &format!("SELECT {SUBTASK_COLUMNS} FROM subtasks WHERE task_id = ?1 ORDER BY idx"),
+        [task_id.as_str()],
+        decode_subtask,
+    )?;
+    Ok(Some((task, subtasks)))
+}
+
+/// A task's timeline, oldest first.
+fn read_timeline(conn: &Connection, task_id: &TaskId) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(TIMELINE_SQL)?;
+    let mut rows = stmt.query([task_id.as_str()])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        timeline::decode(task_id, text_column(row, 0)?, &mut events)
+            .map_err(|e| Error::Corrupt(format!("events of {task_id}: {e}")))?;
+    }
+    Ok(events)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

@@ -223,11 +223,15 @@ async fn detail(
             result?;
         }
     }
-    let Some((task, subtasks)) = state.store.task(&task_id).await? else {
+    let Some(d) = state.store.task_detail(&task_id).await? else {
         return Err(ApiError::not_found(format!("task {task_id:?} not found")));
     };
-    let events = state.store.timeline(&task_id).await?;
-    Ok(Json(convert::detail(task, subtasks, events, now_ms())))
+    Ok(Json(convert::detail(
+        d.task,
+        d.subtasks,
+        d.events,
+        now_ms(),
+    )))
 }
 
 async fn list(
