@@ -85,13 +85,20 @@ impl From<baton_store::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON body of this error (also used per item in batch answers).
+    pub fn into_body(self) -> ErrorBody {
+        ErrorBody {
             error: self.code.to_owned(),
             message: self.message,
             fields: self.fields,
-        };
-        (self.status, Json(body)).into_response()
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        (status, Json(self.into_body())).into_response()
     }
 }

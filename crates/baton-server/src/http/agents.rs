@@ -206,11 +206,7 @@ async fn results(
                     assignment_id,
                     status: e.status.as_u16(),
                     state: None,
-                    error: Some(api::ErrorBody {
-                        error: e.code.to_owned(),
-                        message: e.message,
-                        fields: Vec::new(),
-                    }),
+                    error: Some(e.into_body()),
                 }
             }
         })

@@ -114,11 +114,7 @@ async fn submit_batch(
                 api::SubmitOutcome {
                     status: e.status.as_u16(),
                     task: None,
-                    error: Some(api::ErrorBody {
-                        error: e.code.to_owned(),
-                        message: e.message,
-                        fields: Vec::new(),
-                    }),
+                    error: Some(e.into_body()),
                 }
             }
         })
