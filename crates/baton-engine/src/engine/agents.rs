@@ -447,8 +447,9 @@ impl Engine {
             created_at: now,
             finished_at: None,
         };
-        if let Some(s) = self.sub_mut(seq, idx) {
-            s.current = Some(id.clone());
+        if let Some(rt) = self.tasks.get_mut(&seq) {
+            rt.assignments.push(id.clone());
+            rt.subs[idx as usize].current = Some(id.clone());
         }
         self.write_subtask(seq, idx);
         self.assignments.insert(

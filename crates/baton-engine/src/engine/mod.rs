@@ -44,6 +44,8 @@ pub(crate) struct TaskRt {
     pub subs: Vec<SubRt>,
     /// Subtasks not yet terminal.
     pub open: usize,
+    /// Every assignment of this task held in memory, dropped with it on eviction.
+    pub assignments: Vec<AssignmentId>,
 }
 
 pub(crate) struct SubRt {
@@ -639,11 +641,8 @@ impl Engine {
         }
         if let Some(rt) = self.tasks.remove(&seq) {
             self.task_ids.remove(&rt.task.task_id);
-            for s in rt.subs {
-                for attempt in 1..=s.sub.attempts {
-                    self.assignments
-                        .remove(&assignment_id(seq, s.sub.index, attempt));
-                }
+            for id in &rt.assignments {
+                self.assignments.remove(id);
             }
         }
     }

@@ -59,7 +59,15 @@ impl Engine {
             let open = subs.iter().filter(|s| !s.sub.state.is_terminal()).count();
             let seq = task.seq;
             self.task_ids.insert(task.task_id.clone(), seq);
-            self.tasks.insert(seq, TaskRt { task, subs, open });
+            self.tasks.insert(
+                seq,
+                TaskRt {
+                    task,
+                    subs,
+                    open,
+                    assignments: Vec::new(),
+                },
+            );
         }
         let lease_ms = self.config.lease.as_millis() as i64;
         for mut a in assignments {
@@ -93,8 +101,9 @@ impl Engine {
                     phase: None,
                 },
             );
-            if let Some(s) = self.sub_mut(seq, idx) {
-                s.current = Some(id);
+            if let Some(rt) = self.tasks.get_mut(&seq) {
+                rt.assignments.push(id.clone());
+                rt.subs[idx as usize].current = Some(id);
             }
         }
         // Put every live subtask back where it belongs.

@@ -136,7 +136,15 @@ impl Engine {
         });
         self.task_ids.insert(task.task_id.clone(), seq);
         let open = subs.len();
-        self.tasks.insert(seq, TaskRt { task, subs, open });
+        self.tasks.insert(
+            seq,
+            TaskRt {
+                task,
+                subs,
+                open,
+                assignments: Vec::new(),
+            },
+        );
         self.write_new_task(seq);
         tracing::info!(task_id = %self.tasks[&seq].task.task_id, subtasks = open, "task planned");
         if execute {
