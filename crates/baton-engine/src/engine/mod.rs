@@ -48,6 +48,49 @@ pub(crate) struct TaskRt {
     pub assignments: Vec<AssignmentId>,
 }
 
+impl TaskRt {
+    /// Live state of a task: each subtask knows its dependents and how many of its
+    /// dependencies are not completed yet. Works for new tasks and for recovered ones.
+    pub fn new(task: Task, mut subtasks: Vec<Subtask>) -> TaskRt {
+        subtasks.sort_by_key(|s| s.index);
+        let index: HashMap<&baton_core::SubtaskId, usize> = subtasks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.subtask_id, i))
+            .collect();
+        let mut dependents = vec![Vec::new(); subtasks.len()];
+        let mut waiting = vec![0u32; subtasks.len()];
+        for (i, s) in subtasks.iter().enumerate() {
+            for dep in &s.depends_on {
+                if let Some(&d) = index.get(dep) {
+                    dependents[d].push(i as u32);
+                    if subtasks[d].state != SubtaskState::Completed {
+                        waiting[i] += 1;
+                    }
+                }
+            }
+        }
+        let open = subtasks.iter().filter(|s| !s.state.is_terminal()).count();
+        let subs = subtasks
+            .into_iter()
+            .zip(dependents.into_iter().zip(waiting))
+            .map(|(sub, (dependents, waiting))| SubRt {
+                tried: sub.assigned_agent.iter().cloned().collect(),
+                sub,
+                waiting,
+                dependents,
+                current: None,
+            })
+            .collect();
+        TaskRt {
+            task,
+            subs,
+            open,
+            assignments: Vec::new(),
+        }
+    }
+}
+
 pub(crate) struct SubRt {
     pub sub: Subtask,
     /// Dependencies not yet completed.

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use baton_core::{AgentStatus, Millis, SubtaskId, SubtaskState, TaskStatus};
+use baton_core::{AgentStatus, Millis, SubtaskState, TaskStatus};
 use baton_store::Recovery;
 
-use super::{AsgRt, Engine, SubRt, TaskRt};
+use super::{AsgRt, Engine, TaskRt};
 use crate::timers::Timer;
 
 impl Engine {
@@ -29,45 +29,10 @@ impl Engine {
             subs_by_task.entry(s.task_id.clone()).or_default().push(s);
         }
         for task in tasks {
-            let mut subtasks = subs_by_task.remove(&task.task_id).unwrap_or_default();
-            subtasks.sort_by_key(|s| s.index);
-            let index: HashMap<SubtaskId, u32> = subtasks
-                .iter()
-                .map(|s| (s.subtask_id.clone(), s.index))
-                .collect();
-            let mut subs: Vec<SubRt> = subtasks
-                .into_iter()
-                .map(|sub| SubRt {
-                    waiting: 0,
-                    dependents: Vec::new(),
-                    current: None,
-                    tried: sub.assigned_agent.iter().cloned().collect(),
-                    sub,
-                })
-                .collect();
-            for i in 0..subs.len() {
-                let deps = subs[i].sub.depends_on.clone();
-                for dep in deps {
-                    if let Some(&d) = index.get(&dep) {
-                        subs[d as usize].dependents.push(i as u32);
-                        if subs[d as usize].sub.state != SubtaskState::Completed {
-                            subs[i].waiting += 1;
-                        }
-                    }
-                }
-            }
-            let open = subs.iter().filter(|s| !s.sub.state.is_terminal()).count();
+            let subtasks = subs_by_task.remove(&task.task_id).unwrap_or_default();
             let seq = task.seq;
             self.task_ids.insert(task.task_id.clone(), seq);
-            self.tasks.insert(
-                seq,
-                TaskRt {
-                    task,
-                    subs,
-                    open,
-                    assignments: Vec::new(),
-                },
-            );
+            self.tasks.insert(seq, TaskRt::new(task, subtasks));
         }
         let lease_ms = self.config.lease.as_millis() as i64;
         for mut a in assignments {

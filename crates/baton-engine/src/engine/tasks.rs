@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use baton_core::{Event, Millis, SubtaskState, TaskId, TaskStatus};
 use serde_json::json;
 
-use super::{Engine, Internal, StoredTask, SubRt, TaskRt};
+use super::{Engine, Internal, StoredTask, TaskRt};
 use crate::handle::{NewTask, Reply, Submitted, TaskSnapshot};
 use crate::Error;
 
@@ -106,25 +106,6 @@ impl Engine {
         task.created_at = now;
         task.max_attempts = self.config.retry.max_attempts;
         task.timeout_ms = self.config.subtask_timeout.as_millis() as u64;
-        let index: HashMap<&baton_core::SubtaskId, u32> =
-            subtasks.iter().map(|s| (&s.subtask_id, s.index)).collect();
-        let mut subs: Vec<SubRt> = subtasks
-            .iter()
-            .map(|s| SubRt {
-                sub: s.clone(),
-                waiting: s.depends_on.len() as u32,
-                dependents: Vec::new(),
-                current: None,
-                tried: Vec::new(),
-            })
-            .collect();
-        for s in &subtasks {
-            for dep in &s.depends_on {
-                if let Some(&d) = index.get(dep) {
-                    subs[d as usize].dependents.push(s.index);
-                }
-            }
-        }
         self.event(Event {
             task_id: task.task_id.clone(),
             at: now,
@@ -135,16 +116,9 @@ impl Engine {
             note: None,
         });
         self.task_ids.insert(task.task_id.clone(), seq);
-        let open = subs.len();
-        self.tasks.insert(
-            seq,
-            TaskRt {
-                task,
-                subs,
-                open,
-                assignments: Vec::new(),
-            },
-        );
+        let rt = TaskRt::new(task, subtasks);
+        let open = rt.open;
+        self.tasks.insert(seq, rt);
         self.write_new_task(seq);
         tracing::info!(task_id = %self.tasks[&seq].task.task_id, subtasks = open, "task planned");
         if execute {
