@@ -16,6 +16,12 @@
 //! - the agent being unknown (404) or its token refused (401/403) is fatal: [`Worker::run`]
 //!   returns the error;
 //! - a job whose assignment the heartbeat reports revoked is aborted and posts nothing.
+//!
+//! Layout: this module holds the configuration, the [`Worker`] and the event loop of a run
+//! (with the life of one job: run the handler, hand the result over, count the outcome);
+//! `handler` holds what agent authors implement ([`Handler`], [`Job`], [`JobError`]);
+//! `reporter` posts results in batches; `heartbeat` keeps the agent alive and relays revocations;
+//! `retry` rides out transient failures.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,179 +30,28 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use baton_api::{
-    HeartbeatRequest, Lease, LeaseRequest, LeaseResponse, Phase, ProgressRequest, RegisterAgent,
-    RegisteredAgent, ResultItem, ResultOutcome, ResultsRequest,
-};
+use baton_api::{Lease, LeaseRequest, LeaseResponse, RegisterAgent, RegisteredAgent, ResultItem};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinError, JoinHandle, JoinSet};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+pub use self::handler::{handler_fn, Handler, HandlerFn, Job, JobError};
+use self::heartbeat::{heartbeat_loop, HeartbeatEvent};
+use self::reporter::{reporter_loop, PendingResult};
+use self::retry::{retrying, Backoff};
 use crate::client::{Client, Error};
 
-/// The first pause after a transient failure.
-const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-/// The longest pause between two attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+mod handler;
+mod heartbeat;
+mod reporter;
+mod retry;
+
 /// An empty lease answer faster than this (and than half the wait) means the server did not
 /// hold the long poll; the next lease then waits a backoff step instead of spinning.
 const FAST_EMPTY_LEASE: Duration = Duration::from_millis(50);
-
-/// The work of an agent: turns one job into its outputs.
-///
-/// Implement it on your own type, or wrap a closure with [`handler_fn`]. The worker calls it
-/// from spawned tokio tasks, up to `max_concurrency` at a time. A panic counts as a retryable
-/// failure.
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// Does the job. `Ok` posts `complete` with the value as outputs; `Err` posts `fail`.
-    async fn handle(&self, job: Job) -> Result<Value, JobError>;
-}
-
-#[async_trait]
-impl<H: Handler + ?Sized> Handler for Arc<H> {
-    async fn handle(&self, job: Job) -> Result<Value, JobError> {
-        (**self).handle(job).await
-    }
-}
-
-/// A [`Handler`] made of a closure; see [`handler_fn`].
-#[derive(Clone)]
-pub struct HandlerFn<F>(F);
-
-/// Makes a [`Handler`] of an async closure:
-///
-/// ```no_run
-/// use baton_agent::{handler_fn, Job};
-///
-/// let handler = handler_fn(|job: Job| async move { Ok(serde_json::json!({"echo": job.input})) });
-/// ```
-pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
-where
-    F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
-{
-    HandlerFn(f)
-}
-
-#[async_trait]
-impl<F, Fut> Handler for HandlerFn<F>
-where
-    F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
-{
-    async fn handle(&self, job: Job) -> Result<Value, JobError> {
-        (self.0)(job).await
-    }
-}
-
-/// Why a job failed, and whether another attempt may succeed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct JobError {
-    pub message: String,
-    /// `true` lets the orchestrator retry the subtask (possibly on another agent).
-    pub retryable: bool,
-}
-
-impl JobError {
-    /// A failure another attempt may not repeat (a timeout, a busy dependency).
-    pub fn retryable(message: impl fmt::Display) -> JobError {
-        JobError {
-            message: message.to_string(),
-            retryable: true,
-        }
-    }
-
-    /// A failure every attempt would repeat (invalid input, an unsupported request).
-    pub fn permanent(message: impl fmt::Display) -> JobError {
-        JobError {
-            message: message.to_string(),
-            retryable: false,
-        }
-    }
-}
-
-/// One assignment handed to the handler: the lease's fields, and a way to report progress.
-pub struct Job {
-    pub assignment_id: String,
-    pub task_id: String,
-    pub subtask_id: String,
-    pub capability: String,
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    /// Stable across attempts (`<task_id>/<subtask_id>`): dedupe external side effects on it.
-    pub idempotency_key: String,
-    pub lease_expires_at: String,
-    /// The brief, the step's parameters, and `dependencies`: the outputs of the direct
-    /// dependencies keyed by subtask id.
-    pub input: Value,
-    /// Where progress goes; `None` for a detached job.
-    session: Option<Arc<Session>>,
-}
-
-impl fmt::Debug for Job {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Job")
-            .field("assignment_id", &self.assignment_id)
-            .field("task_id", &self.task_id)
-            .field("subtask_id", &self.subtask_id)
-            .field("capability", &self.capability)
-            .field("attempt", &self.attempt)
-            .field("idempotency_key", &self.idempotency_key)
-            .field("lease_expires_at", &self.lease_expires_at)
-            .field("input", &self.input)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Job {
-    fn new(lease: Lease, session: Option<Arc<Session>>) -> Job {
-        Job {
-            assignment_id: lease.assignment_id,
-            task_id: lease.task_id,
-            subtask_id: lease.subtask_id,
-            capability: lease.capability,
-            attempt: lease.attempt,
-            idempotency_key: lease.idempotency_key,
-            lease_expires_at: lease.lease_expires_at,
-            input: lease.input,
-            session,
-        }
-    }
-
-    /// A job that reports nowhere: for testing a handler without a server. Its
-    /// [`progress`](Job::progress) does nothing.
-    pub fn detached(lease: Lease) -> Job {
-        Job::new(lease, None)
-    }
-
-    /// Reports the phase the work is in. Best effort: one attempt, failures are only logged,
-    /// so a server outage never holds the work up.
-    pub async fn progress(&self, phase: Phase, message: Option<String>) {
-        let Some(session) = &self.session else {
-            return;
-        };
-        let request = ProgressRequest { phase, message };
-        match session
-            .client
-            .progress(&self.assignment_id, &session.token, &request)
-            .await
-        {
-            Ok(reply) => {
-                debug!(assignment_id = %self.assignment_id, ?phase, state = %reply.state, "progress reported")
-            }
-            Err(error) => {
-                warn!(assignment_id = %self.assignment_id, ?phase, %error, "progress not reported")
-            }
-        }
-    }
-}
 
 /// How a [`Worker`] presents itself and works.
 #[derive(Clone, Debug)]
@@ -406,62 +261,6 @@ struct Session {
     reporter: mpsc::UnboundedSender<PendingResult>,
 }
 
-/// A result waiting to be posted, and who waits for the server's answer.
-struct PendingResult {
-    item: ResultItem,
-    answer: oneshot::Sender<Result<ResultOutcome, String>>,
-}
-
-/// Most results posted in one call.
-const RESULTS_PER_CALL: usize = 512;
-
-/// Posts results as they come: everything that queued while the previous call was in flight
-/// goes in the next one, so a busy agent makes one call for many results.
-async fn reporter_loop(session: Arc<Session>, mut queue: mpsc::UnboundedReceiver<PendingResult>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < RESULTS_PER_CALL {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let request = ResultsRequest {
-            results: batch.iter().map(|p| p.item.clone()).collect(),
-            held: Some(session.held()),
-        };
-        let answer = retrying("results", || {
-            session
-                .client
-                .results(&session.agent_id, &session.token, &request)
-        })
-        .await;
-        match answer {
-            Ok(reply) if reply.results.len() == batch.len() => {
-                for (pending, outcome) in batch.into_iter().zip(reply.results) {
-                    let _ = pending.answer.send(Ok(outcome));
-                }
-            }
-            Ok(reply) => {
-                let error = format!(
-                    "the server answered {} outcomes for {} results",
-                    reply.results.len(),
-                    batch.len()
-                );
-                for pending in batch {
-                    let _ = pending.answer.send(Err(error.clone()));
-                }
-            }
-            Err(error) => {
-                let error = error.to_string();
-                for pending in batch {
-                    let _ = pending.answer.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
 impl Session {
     fn held(&self) -> Vec<String> {
         self.held
@@ -488,16 +287,6 @@ enum Event {
     JobEnded(Result<(tokio::task::Id, Outcome), JoinError>),
     Heartbeat(HeartbeatEvent),
     DrainTimedOut,
-}
-
-/// What the heartbeat task tells the event loop.
-enum HeartbeatEvent {
-    /// Abandon these assignments.
-    Revoked(Vec<String>),
-    /// The server stopped the agent: take no more work.
-    Stopped,
-    /// The agent is unknown or its token refused.
-    Fatal(Error),
 }
 
 /// How a job ended.
@@ -788,110 +577,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
-/// Heartbeats every `every` until the run ends (the task is aborted) or the agent is refused.
-async fn heartbeat_loop(
-    session: Arc<Session>,
-    every: Duration,
-    events: mpsc::Sender<HeartbeatEvent>,
-) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let answer = retrying("heartbeat", || {
-            let request = HeartbeatRequest {
-                held: Some(session.held()),
-            };
-            let session = session.clone();
-            async move {
-                session
-                    .client
-                    .heartbeat(&session.agent_id, &session.token, &request)
-                    .await
-            }
-        })
-        .await;
-        let mut out = Vec::new();
-        match answer {
-            Ok(reply) => {
-                debug!(status = %reply.status, revoked = reply.revoked.len(), "heartbeat");
-                if !reply.revoked.is_empty() {
-                    out.push(HeartbeatEvent::Revoked(reply.revoked));
-                }
-                if reply.status == "stopped" {
-                    out.push(HeartbeatEvent::Stopped);
-                }
-            }
-            Err(error) if error.is_conflict() => out.push(HeartbeatEvent::Stopped),
-            Err(error) if matches!(error.status(), Some(401 | 403 | 404)) => {
-                out.push(HeartbeatEvent::Fatal(error));
-            }
-            Err(error) => warn!(%error, "heartbeat refused"),
-        }
-        for event in out {
-            let fatal = matches!(event, HeartbeatEvent::Fatal(_));
-            if events.send(event).await.is_err() || fatal {
-                return;
-            }
-        }
-    }
-}
-
-/// Calls `call` until it succeeds or fails for a reason retrying cannot fix, pausing with
-/// [`Backoff`] between attempts. Dropping the future stops it.
-async fn retrying<T, F, Fut>(what: &'static str, mut call: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let mut backoff = Backoff::new();
-    let mut failures = 0u32;
-    loop {
-        match call().await {
-            Err(error) if error.is_retryable() => {
-                failures += 1;
-                let delay = backoff.next_delay();
-                if failures == 1 {
-                    warn!(call = what, %error, "server unavailable: retrying");
-                } else {
-                    debug!(call = what, failures, %error, ?delay, "retrying");
-                }
-                tokio::time::sleep(delay).await;
-            }
-            result => {
-                if failures > 0 && result.is_ok() {
-                    info!(call = what, failures, "server reachable again");
-                }
-                return result;
-            }
-        }
-    }
-}
-
-/// Exponential backoff: 50 ms, 100 ms, 200 ms, ... capped at 1 s.
-#[derive(Clone, Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: BACKOFF_FIRST,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-}
-
 /// Aborts the task when the run ends, however it ends.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -904,91 +589,6 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_one_second_and_resets() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<u64> = (0..8)
-            .map(|_| backoff.next_delay().as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(50));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retrying_waits_out_transport_errors() {
-        let mut calls = 0;
-        let started = Instant::now();
-        let result = retrying("test", || {
-            calls += 1;
-            let attempt = calls;
-            async move {
-                if attempt < 4 {
-                    Err(Error::Transport("refused".into()))
-                } else {
-                    Ok(attempt)
-                }
-            }
-        })
-        .await;
-        assert_eq!(result.unwrap(), 4);
-        // 50 + 100 + 200 ms of backoff, on the paused clock.
-        assert_eq!(started.elapsed(), Duration::from_millis(350));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retrying_returns_final_errors_at_once() {
-        let mut calls = 0;
-        let result: Result<(), Error> = retrying("test", || {
-            calls += 1;
-            async {
-                Err(Error::Api {
-                    status: 409,
-                    body: baton_api::ErrorBody {
-                        error: "conflict".into(),
-                        message: "superseded".into(),
-                        fields: Vec::new(),
-                    },
-                })
-            }
-        })
-        .await;
-        assert!(result.unwrap_err().is_conflict());
-        assert_eq!(calls, 1);
-    }
-
-    fn lease(id: &str) -> Lease {
-        Lease {
-            assignment_id: id.into(),
-            task_id: "t1".into(),
-            subtask_id: "code::t1::1".into(),
-            capability: "code".into(),
-            attempt: 1,
-            idempotency_key: "t1/code::t1::1".into(),
-            lease_expires_at: "2030-01-01T00:00:00Z".into(),
-            input: serde_json::json!({"n": 2}),
-        }
-    }
-
-    #[tokio::test]
-    async fn closures_are_handlers_and_detached_jobs_report_nowhere() {
-        let handler: Arc<dyn Handler> = Arc::new(handler_fn(|job: Job| async move {
-            job.progress(Phase::Executing, Some("working".into())).await;
-            let n = job.input["n"]
-                .as_i64()
-                .ok_or_else(|| JobError::permanent("no n"))?;
-            Ok(serde_json::json!({"double": n * 2}))
-        }));
-        let outputs = handler.handle(Job::detached(lease("a1"))).await.unwrap();
-        assert_eq!(outputs, serde_json::json!({"double": 4}));
-
-        let mut bad = lease("a2");
-        bad.input = serde_json::json!({});
-        let error = handler.handle(Job::detached(bad)).await.unwrap_err();
-        assert_eq!(error, JobError::permanent("no n"));
-    }
-
     #[test]
     fn invalid_configurations_are_refused() {
         let mut config = WorkerConfig::new("echo", ["echo"]);
