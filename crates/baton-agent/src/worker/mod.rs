@@ -8,9 +8,11 @@
 //! Invariants:
 //! - at most `max_concurrency` jobs are in flight, and a lease never asks for more than the free
 //!   slots;
-//! - a call that fails for a transient reason (transport, 408, 429, 5xx) is retried with
-//!   exponential backoff capped at 1 s until it succeeds or the worker stops, so a server that
-//!   is killed and restarted is simply waited for;
+//! - a call that fails for a transient reason (transport, 408, 429, 5xx) is retried until it
+//!   succeeds or the worker stops, so a server that is killed and restarted is simply waited
+//!   for; the pauses back off exponentially (steps of 50 ms, 100 ms, ... capped at 1 s) with
+//!   equal jitter, each pause random between half its step and the step, so agents that lost
+//!   the same server do not retry in lockstep when it comes back;
 //! - a result the server refuses with 409 (a superseded, lost or cancelled attempt) is dropped:
 //!   the server changed nothing and the work belongs to another attempt;
 //! - the agent being unknown (404) or its token refused (401/403) is fatal: [`Worker::run`]
@@ -50,7 +52,7 @@ mod reporter;
 mod retry;
 
 /// An empty lease answer faster than this (and than half the wait) means the server did not
-/// hold the long poll; the next lease then waits a backoff step instead of spinning.
+/// hold the long poll; the next lease then waits a backoff delay instead of spinning.
 const FAST_EMPTY_LEASE: Duration = Duration::from_millis(50);
 
 /// How a [`Worker`] presents itself and works.
