@@ -2,21 +2,50 @@
 //! CLI. Field names follow the seed API exactly. Timestamps are RFC 3339 strings (UTC).
 //!
 //! Invariant: plain serde data only; no behaviour, no domain rules. The server converts domain
-//! types into these at its edge.
+//! types into these at its edge. Request types deny unknown fields: they are the one definition
+//! of what a transport accepts (the engine's intake deserializes into them).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A priority as clients send it: a name (`low|normal|high|critical`) or a number 1–10.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PriorityInput {
     Name(String),
     Number(u8),
 }
 
+impl<'de> Deserialize<'de> for PriorityInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "low, normal, high, critical or a number from 1 to 10";
+        impl serde::de::Visitor<'_> for V {
+            type Value = PriorityInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PriorityInput, E> {
+                Ok(PriorityInput::Name(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PriorityInput, E> {
+                u8::try_from(v)
+                    .map(PriorityInput::Number)
+                    .map_err(|_| E::custom(format!("must be {EXPECTED}")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PriorityInput, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("must be {EXPECTED}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `POST /orchestrate` and `POST /tasks`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
@@ -36,12 +65,14 @@ pub struct SubmitTask {
 
 /// A plan supplied by the client.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientPlan {
     pub subtasks: Vec<ClientStep>,
 }
 
 /// One step of a client plan.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientStep {
     pub id: String,
     pub capability: String,
@@ -71,6 +102,7 @@ pub struct PlannedSubtask {
 
 /// `POST /tasks/batch`: many submissions in one call.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitBatch {
     pub tasks: Vec<SubmitTask>,
     /// Start the tasks at once (like `POST /tasks`, the default) or only plan them.
@@ -97,9 +129,14 @@ pub struct SubmitOutcome {
 
 /// `POST /execute/{task_id}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
+    /// Only `auto` for now (manual approval comes with governance).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_mode: Option<String>,
+    /// Approval checkpoints; refused for now (they come with governance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Value>,
 }
 
 /// The answer to execute and cancel.
@@ -155,6 +192,9 @@ pub struct Metrics {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: String,
+    /// What changed: `task` (its status), `subtask` (a subtask's state) or `phase` (the phase
+    /// an agent reported for a subtask).
+    pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtask_id: Option<String>,
     pub from: Option<String>,
@@ -186,6 +226,7 @@ pub struct TaskSummary {
 
 /// `POST /agents`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     pub name: String,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -230,6 +271,7 @@ pub struct AgentView {
 
 /// `POST /agents/{id}/lease`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<u32>,
@@ -242,6 +284,7 @@ pub struct LeaseRequest {
 
 /// `POST /agents/{id}/heartbeat`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The assignments the agent is working on. When given, only these leases are renewed, so
     /// an assignment whose lease answer never reached the agent expires and is retried; when
@@ -293,6 +336,7 @@ pub enum Phase {
 
 /// `POST /assignments/{id}/progress`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProgressRequest {
     pub phase: Phase,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,19 +345,28 @@ pub struct ProgressRequest {
 
 /// `POST /assignments/{id}/complete`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub outputs: Value,
 }
 
 /// `POST /assignments/{id}/fail`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FailRequest {
     pub error: String,
+    /// Whether another attempt may succeed; `true` when absent.
+    #[serde(default = "yes")]
     pub retryable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /agents/{id}/results`: several results in one call (one commit for all).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResultsRequest {
     pub results: Vec<ResultItem>,
     /// The assignments the agent is still working on; see [`HeartbeatRequest::held`].
@@ -323,6 +376,7 @@ pub struct ResultsRequest {
 
 /// One result: `outputs` for a completion, or `error` (and `retryable`) for a failure.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResultItem {
     pub assignment_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

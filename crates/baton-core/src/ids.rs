@@ -66,8 +66,9 @@ pub const MAX_ID_LEN: usize = 128;
 
 /// Why a client-supplied id or capability name is unacceptable, if it is.
 ///
-/// Ids may hold letters, digits and `-_.:@`; they must not contain `::` sequences used as the
-/// subtask id separator only when `forbid_double_colon` is set (capabilities).
+/// Ids may hold letters, digits and `-_.:@`; `forbid_double_colon` (capabilities) also forbids
+/// `:`, the subtask id separator. An id must travel unchanged as one URL path segment, so `.`
+/// and `..` (which URL normalization removes) are refused.
 pub fn check_name(value: &str, forbid_double_colon: bool) -> Option<String> {
     if value.is_empty() {
         return Some("must not be empty".into());
@@ -80,6 +81,9 @@ pub fn check_name(value: &str, forbid_double_colon: bool) -> Option<String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')))
     {
         return Some(format!("contains {c:?}; use letters, digits and - _ . : @"));
+    }
+    if value == "." || value == ".." {
+        return Some("must not be \".\" or \"..\" (it cannot be a URL path segment)".into());
     }
     if forbid_double_colon && value.contains(':') {
         return Some("must not contain ':'".into());
@@ -106,5 +110,9 @@ mod tests {
         assert!(check_name(&"x".repeat(129), false).is_some());
         assert!(check_name("gen:x", true).is_some());
         assert!(check_name("gen:x", false).is_none());
+        assert!(check_name(".", false).is_some());
+        assert!(check_name("..", false).is_some());
+        assert!(check_name("...", false).is_none());
+        assert!(check_name("a.b", false).is_none());
     }
 }

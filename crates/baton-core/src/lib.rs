@@ -15,9 +15,9 @@ pub mod routing;
 pub mod state;
 
 pub use ids::{AgentId, AssignmentId, SubtaskId, TaskId};
-pub use model::{Agent, Assignment, AssignmentState, Event, Subtask, Task};
+pub use model::{Agent, Assignment, Change, Event, Subtask, Task};
 pub use priority::Priority;
-pub use state::{AgentStatus, IllegalTransition, SubtaskState, TaskStatus};
+pub use state::{AgentStatus, AssignmentState, IllegalTransition, Phase, SubtaskState, TaskStatus};
 
 /// Milliseconds since the Unix epoch; the only notion of time in the core.
 pub type Millis = i64;

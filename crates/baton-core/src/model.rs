@@ -1,8 +1,11 @@
 //! The records Baton keeps: tasks, subtasks, assignments, agents and timeline events.
 //!
 //! These are plain data; the rules that change them live in [`crate::state`] and the engine.
-//! Stores persist exactly these types, so a backend cannot add behaviour of its own.
+//! A state field changes only through the record's `set_*` method, which asks the state
+//! machine and returns the state it left (so the caller can record the event). Stores persist
+//! exactly these types, so a backend cannot add behaviour of its own.
 
+use crate::state::{AssignmentState, IllegalTransition, Phase};
 use crate::{
     AgentId, AgentStatus, AssignmentId, Millis, Priority, SubtaskId, SubtaskState, TaskId,
     TaskStatus,
@@ -63,8 +66,11 @@ pub struct Subtask {
     /// The step's id within the plan (the client's `id`).
     pub key: String,
     pub capability: String,
-    pub depends_on: Vec<SubtaskId>,
-    /// The brief and the step's parameters, as the agent receives them.
+    /// The plan indices of the subtasks this one waits for (indices, not ids: a plan of many
+    /// edges costs four bytes per edge, not a subtask id each).
+    pub depends_on: Vec<u32>,
+    /// The step's parameters. The agent receives them with `brief` (the task's description
+    /// unless the step sets one) and the outputs of the direct dependencies added.
     pub input: Value,
     pub state: SubtaskState,
     /// Attempts started so far.
@@ -73,47 +79,6 @@ pub struct Subtask {
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub updated_at: Millis,
-}
-
-/// The fate of one attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AssignmentState {
-    /// Leased and not yet answered.
-    Active,
-    /// Its result was accepted.
-    Completed,
-    /// The agent reported failure.
-    Failed,
-    /// The lease expired or the attempt timed out; a result now gets 409.
-    Lost,
-    /// The task was cancelled or failed while this attempt ran.
-    Cancelled,
-}
-
-impl AssignmentState {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Lost => "lost",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parse a wire name.
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "active" => Self::Active,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "lost" => Self::Lost,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
-    }
 }
 
 /// One attempt of one subtask on one agent. `attempt` is the fencing token: only the subtask's
@@ -154,17 +119,123 @@ pub struct Agent {
     pub created_at: Millis,
 }
 
-/// One state change, appended to a task's timeline (`status_history`).
+/// What an event records: a change of state, or a phase an agent reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// The task's status changed; `from` is `None` when the task was created.
+    Task {
+        from: Option<TaskStatus>,
+        to: TaskStatus,
+    },
+    /// A subtask's state changed.
+    Subtask {
+        subtask_id: SubtaskId,
+        from: SubtaskState,
+        to: SubtaskState,
+    },
+    /// The agent working on a subtask reported a phase; `from` is its previous phase.
+    Phase {
+        subtask_id: SubtaskId,
+        from: Option<Phase>,
+        to: Phase,
+    },
+}
+
+impl Change {
+    /// The subtask the change is about; `None` for the task itself.
+    pub fn subtask_id(&self) -> Option<&SubtaskId> {
+        match self {
+            Change::Task { .. } => None,
+            Change::Subtask { subtask_id, .. } | Change::Phase { subtask_id, .. } => {
+                Some(subtask_id)
+            }
+        }
+    }
+
+    /// The wire names of the states or phases: `(from, to)`.
+    pub fn names(&self) -> (Option<&'static str>, &'static str) {
+        match self {
+            Change::Task { from, to } => (from.map(TaskStatus::as_str), to.as_str()),
+            Change::Subtask { from, to, .. } => (Some(from.as_str()), to.as_str()),
+            Change::Phase { from, to, .. } => (from.map(Phase::as_str), to.as_str()),
+        }
+    }
+
+    /// `task`, `subtask` or `phase`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Task { .. } => "task",
+            Change::Subtask { .. } => "subtask",
+            Change::Phase { .. } => "phase",
+        }
+    }
+}
+
+/// One entry of a task's timeline (`status_history`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub task_id: TaskId,
     pub at: Millis,
-    /// `None` for a change of the task itself.
-    pub subtask_id: Option<SubtaskId>,
-    /// `None` when the entity was created by this event.
-    pub from: Option<String>,
-    pub to: String,
+    pub change: Change,
     pub agent: Option<AgentId>,
     /// Why, when there is more to say (an error, a lost lease).
     pub note: Option<String>,
+}
+
+impl Task {
+    /// Move to `to` through the task machine, stamping `started_at` / `finished_at`; returns
+    /// the status it left.
+    pub fn set_status(
+        &mut self,
+        to: TaskStatus,
+        now: Millis,
+    ) -> Result<TaskStatus, IllegalTransition> {
+        let from = self.status;
+        self.status = from.transition(to)?;
+        if to == TaskStatus::Running && self.started_at.is_none() {
+            self.started_at = Some(now);
+        }
+        if to.is_terminal() {
+            self.finished_at = Some(now);
+        }
+        Ok(from)
+    }
+}
+
+impl Subtask {
+    /// Move to `to` through the subtask machine; returns the state it left.
+    pub fn set_state(
+        &mut self,
+        to: SubtaskState,
+        now: Millis,
+    ) -> Result<SubtaskState, IllegalTransition> {
+        let from = self.state;
+        self.state = from.transition(to)?;
+        self.updated_at = now;
+        Ok(from)
+    }
+}
+
+impl Assignment {
+    /// End the attempt (`active → to`) at `now`; returns the state it left.
+    pub fn set_state(
+        &mut self,
+        to: AssignmentState,
+        now: Millis,
+    ) -> Result<AssignmentState, IllegalTransition> {
+        let from = self.state;
+        self.state = from.transition(to)?;
+        self.finished_at = Some(now);
+        Ok(from)
+    }
+}
+
+impl Agent {
+    /// Move to `to` through the agent machine; returns the status it left.
+    pub fn set_status(&mut self, to: AgentStatus) -> Result<AgentStatus, IllegalTransition> {
+        let from = self.status;
+        self.status = from.transition(to)?;
+        Ok(from)
+    }
 }

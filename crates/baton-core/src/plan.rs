@@ -265,45 +265,30 @@ impl Plan {
     /// Turn a valid plan into subtasks of `task_id`, in plan order, all `pending`.
     ///
     /// Ids are `<capability>::<task_id>::<n>` with `n` counting that capability's steps from 1.
-    /// Each subtask's input is the step's input with `brief` defaulting to `default_brief`.
-    pub fn instantiate(&self, task_id: &TaskId, default_brief: &str, now: Millis) -> Vec<Subtask> {
+    /// Dependencies become plan indices. The brief is not copied into each step's input: the
+    /// engine adds the task's description when it hands a step to an agent.
+    pub fn instantiate(&self, task_id: &TaskId, now: Millis) -> Vec<Subtask> {
         let mut per_capability: HashMap<&str, u32> = HashMap::new();
-        let ids: Vec<SubtaskId> = self
+        let by_key: HashMap<&str, u32> = self
             .steps
             .iter()
-            .map(|s| {
-                let n = per_capability.entry(s.capability.as_str()).or_insert(0);
-                *n += 1;
-                SubtaskId::compose(&s.capability, task_id, *n)
-            })
-            .collect();
-        let by_key: HashMap<&str, &SubtaskId> = self
-            .steps
-            .iter()
-            .zip(&ids)
-            .map(|(s, id)| (s.key.as_str(), id))
+            .enumerate()
+            .map(|(i, s)| (s.key.as_str(), i as u32))
             .collect();
         self.steps
             .iter()
-            .zip(&ids)
             .enumerate()
-            .map(|(i, (step, id))| {
-                let mut input = step.input.clone();
-                input
-                    .entry("brief")
-                    .or_insert_with(|| Value::String(default_brief.to_owned()));
+            .map(|(i, step)| {
+                let n = per_capability.entry(step.capability.as_str()).or_insert(0);
+                *n += 1;
                 Subtask {
-                    subtask_id: id.clone(),
+                    subtask_id: SubtaskId::compose(&step.capability, task_id, *n),
                     task_id: task_id.clone(),
                     index: i as u32,
                     key: step.key.clone(),
                     capability: step.capability.clone(),
-                    depends_on: step
-                        .depends_on
-                        .iter()
-                        .map(|d| by_key[d.as_str()].clone())
-                        .collect(),
-                    input: Value::Object(input),
+                    depends_on: step.depends_on.iter().map(|d| by_key[d.as_str()]).collect(),
+                    input: Value::Object(step.input.clone()),
                     state: SubtaskState::Pending,
                     attempts: 0,
                     assigned_agent: None,
@@ -342,11 +327,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.steps.len(), 2);
-        let subtasks = plan.instantiate(&TaskId::from("t1"), "do it", 0);
+        let subtasks = plan.instantiate(&TaskId::from("t1"), 0);
         assert_eq!(subtasks[0].subtask_id.as_str(), "gen::t1::1");
         assert_eq!(subtasks[1].subtask_id.as_str(), "gen::t1::2");
-        assert_eq!(subtasks[1].depends_on, vec![SubtaskId::from("gen::t1::1")]);
-        assert_eq!(subtasks[1].input, json!({"x": 1, "brief": "do it"}));
+        assert_eq!(subtasks[1].depends_on, vec![0]);
+        assert_eq!(subtasks[1].input, json!({"x": 1}));
     }
 
     #[test]
@@ -420,13 +405,12 @@ mod tests {
             let plan = Plan { steps };
             prop_assert!(plan.validate("plan").is_empty());
             prop_assert!(plan.find_cycle().is_none());
-            let subtasks = plan.instantiate(&TaskId::from("t"), "b", 0);
+            let subtasks = plan.instantiate(&TaskId::from("t"), 0);
             prop_assert_eq!(subtasks.len(), n);
             // Dependencies always refer to earlier subtasks.
             for (i, s) in subtasks.iter().enumerate() {
-                for d in &s.depends_on {
-                    let j = subtasks.iter().position(|o| &o.subtask_id == d).unwrap();
-                    prop_assert!(j < i);
+                for &j in &s.depends_on {
+                    prop_assert!((j as usize) < i);
                 }
             }
         }

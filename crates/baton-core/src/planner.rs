@@ -205,10 +205,10 @@ mod tests {
                 "publish_content"
             ]
         );
-        let subtasks = plan.instantiate(&TaskId::from("t"), "x", 0);
+        let subtasks = plan.instantiate(&TaskId::from("t"), 0);
         assert!(subtasks[0].depends_on.is_empty());
         for w in subtasks.windows(2) {
-            assert_eq!(w[1].depends_on, vec![w[0].subtask_id.clone()]);
+            assert_eq!(w[1].depends_on, vec![w[0].index]);
         }
         assert_eq!(subtasks[0].input["brief"], "Draft the blog post: AI ethics");
     }

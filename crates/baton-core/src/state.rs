@@ -1,8 +1,11 @@
-//! The task, subtask and agent state machines of DESIGN.md as pure transition functions.
+//! The task, subtask, assignment and agent state machines of DESIGN.md as pure transition
+//! functions, and the phases an agent reports.
 //!
 //! Each machine is a closed enum with one `transition(self, to)` that returns the new state or an
-//! [`IllegalTransition`]; an illegal transition is an error, never a silent no-op. The engine
-//! calls these for every change it makes, so the tables below are the single source of truth.
+//! [`IllegalTransition`]; an illegal transition is an error, never a silent no-op. The records
+//! in [`crate::model`] change state only through these (their `set_*` methods), and the engine
+//! changes records only through those methods, so the tables below are the single source of
+//! truth.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -11,7 +14,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("illegal {machine} transition {from} -> {to}")]
 pub struct IllegalTransition {
-    /// `task`, `subtask` or `agent`.
+    /// `task`, `subtask`, `assignment` or `agent`.
     pub machine: &'static str,
     /// The state the entity was in.
     pub from: &'static str,
@@ -19,15 +22,16 @@ pub struct IllegalTransition {
     pub to: &'static str,
 }
 
-macro_rules! state_enum {
-    ($(#[$doc:meta])* $name:ident, $machine:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+/// A closed enum with wire names (`snake_case`), parsing and `Display`.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
         impl $name {
-            /// Every state, in declaration order.
+            /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The wire name (`snake_case`).
@@ -39,7 +43,22 @@ macro_rules! state_enum {
             pub fn parse(text: &str) -> Option<Self> {
                 match text { $($text => Some($name::$variant),)+ _ => None }
             }
+        }
 
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A [`named_enum!`] that is a state machine: `transition` follows its `can_transition` table.
+macro_rules! state_enum {
+    ($(#[$doc:meta])* $name:ident, $machine:literal { $($body:tt)+ }) => {
+        named_enum!($(#[$doc])* $name { $($body)+ });
+
+        impl $name {
             /// Move to `to` if the machine allows it.
             pub fn transition(self, to: $name) -> Result<$name, IllegalTransition> {
                 if self.can_transition(to) {
@@ -47,12 +66,6 @@ macro_rules! state_enum {
                 } else {
                     Err(IllegalTransition { machine: $machine, from: self.as_str(), to: to.as_str() })
                 }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
             }
         }
     };
@@ -194,6 +207,34 @@ impl AgentStatus {
     }
 }
 
+state_enum!(
+    /// One attempt: `active → completed | failed | lost | cancelled`.
+    AssignmentState, "assignment" {
+        Active => "active",
+        Completed => "completed",
+        Failed => "failed",
+        Lost => "lost",
+        Cancelled => "cancelled",
+    }
+);
+
+impl AssignmentState {
+    /// Whether the machine allows `self → to`: only a live attempt ends, and it ends once.
+    pub fn can_transition(self, to: AssignmentState) -> bool {
+        self == Self::Active && to != Self::Active
+    }
+}
+
+named_enum!(
+    /// What an agent says it is doing with an assignment (`reasoning → executing → validating`,
+    /// in any order: phases are reports, not a machine the engine enforces).
+    Phase {
+        Reasoning => "reasoning",
+        Executing => "executing",
+        Validating => "validating",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +293,18 @@ mod tests {
         assert!(!Stopped.can_transition(Idle));
         assert!(!Draining.can_transition(Busy));
         assert!(Idle.accepts_work() && !Draining.accepts_work());
+    }
+
+    #[test]
+    fn assignment_paths() {
+        use AssignmentState::*;
+        for &end in &[Completed, Failed, Lost, Cancelled] {
+            assert_eq!(Active.transition(end), Ok(end));
+            for &to in AssignmentState::ALL {
+                assert!(end.transition(to).is_err(), "{end} -> {to}");
+            }
+        }
+        assert!(Active.transition(Active).is_err());
     }
 
     #[test]

@@ -2,25 +2,14 @@
 //! data that comes back.
 
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, Subtask, Task,
-    TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, Phase, Subtask,
+    Task, TaskId, TaskStatus,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::intake::NewTask;
 use crate::Error;
-
-/// A planned task ready to be accepted: the task (status `planned`, `seq` assigned by the
-/// engine) and its subtasks (all `pending`).
-#[derive(Clone, Debug)]
-pub struct NewTask {
-    pub task: Task,
-    pub subtasks: Vec<Subtask>,
-    /// Start executing right away (`POST /tasks`).
-    pub execute: bool,
-    /// The client chose the id, so it may already exist and must be looked up.
-    pub client_chosen_id: bool,
-}
 
 /// A task and its subtasks as of a reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +48,7 @@ pub struct Registered {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentInfo {
     pub agent: Agent,
-    /// Effective status: `busy` while it has work, `unhealthy` after missed heartbeats.
+    /// Effective status: `busy` while an idle agent has work in flight.
     pub status: AgentStatus,
     pub in_flight: u32,
     pub last_seen: Option<Millis>,
@@ -124,10 +113,12 @@ pub(crate) enum Command {
     Progress {
         assignment_id: AssignmentId,
         token_hash: String,
-        phase: String,
+        phase: Phase,
         message: Option<String>,
         reply: Reply<AssignmentInfo>,
     },
+    /// Answer once everything sent before has been handled and is durable.
+    Sync(Reply<()>),
     Complete {
         assignment_id: AssignmentId,
         token_hash: String,
@@ -160,6 +151,8 @@ pub struct Handle {
     pub(crate) tx: mpsc::Sender<Command>,
     /// Set by the engine after a failed commit (it then refuses every change).
     pub(crate) failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Counted by the engine for every bug it caught (an illegal transition).
+    pub(crate) internal_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Handle {
@@ -167,6 +160,19 @@ impl Handle {
     /// it has stopped.
     pub fn is_healthy(&self) -> bool {
         !self.failed.load(std::sync::atomic::Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// How many internal errors (illegal transitions: engine bugs) the engine has met. Always
+    /// 0 unless something is wrong; scenario tests check it.
+    pub fn internal_errors(&self) -> u64 {
+        self.internal_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolve once every command sent before this one has been handled (with the timers
+    /// due by then) and its writes are durable.
+    pub async fn sync(&self) -> Result<(), Error> {
+        self.ask(Command::Sync).await
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
@@ -258,7 +264,7 @@ impl Handle {
         &self,
         assignment_id: AssignmentId,
         token_hash: String,
-        phase: String,
+        phase: Phase,
         message: Option<String>,
     ) -> Result<AssignmentInfo, Error> {
         self.ask(|reply| Command::Progress {

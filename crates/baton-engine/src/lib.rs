@@ -3,23 +3,36 @@
 //! assignments and timers), talks to storage through [`baton_store::Store`], and answers the
 //! server through a cheap [`Handle`].
 //!
+//! Requests reach it through [`intake`], the one place where a transport's JSON becomes a
+//! validated, planned request.
+//!
 //! Invariants:
-//! - One task owns the state; everyone else sends [`Command`]s. No shared mutable state.
+//! - One task owns the state; everyone else sends commands through the [`Handle`]. No shared
+//!   mutable state.
+//! - The loop is deterministic given its inputs: time comes from the configured [`Clock`],
+//!   randomness (ids, tokens, backoff jitter) from one generator seeded from the config, and
+//!   every iteration whose order shows in the timeline is over an ordered collection.
 //! - Every reply is sent only after every write issued before it is committed, so a 2xx
 //!   answer never reveals or acknowledges anything a crash could lose (group commit: many
 //!   commands share one transaction and one fsync).
-//! - Every state change goes through the core's transition functions and appends an event.
+//! - Every state change goes through the core's transition functions (the records' `set_*`
+//!   methods) and appends an event. An illegal transition is a bug: [`Error::Internal`],
+//!   logged with its context and counted ([`Handle::internal_errors`]), never a 409.
 //! - A result is accepted only from the subtask's current, active assignment (fencing).
 
+mod clock;
 mod committer;
 mod engine;
 mod handle;
+pub mod intake;
 mod timers;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use handle::{
     AgentInfo, AgentSpec, AssignmentInfo, AttemptOutcome, Handle, HeartbeatInfo, LeaseGrant,
-    NewTask, Registered, Submitted, TaskSnapshot,
+    Registered, Submitted, TaskSnapshot,
 };
+pub use intake::NewTask;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +61,10 @@ pub enum Error {
     /// 503: the engine has stopped.
     #[error("the orchestrator is shutting down")]
     Stopped,
+    /// 500: the engine broke one of its own rules (an illegal transition); a bug, logged with
+    /// its context when it happened. Nothing of the request was changed after it.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Engine settings.
@@ -65,6 +82,12 @@ pub struct Config {
     pub max_lease_batch: u32,
     /// Commands waiting for the loop before senders wait (backpressure).
     pub queue_capacity: usize,
+    /// Where time comes from ([`SystemClock`]; scenario tests use a [`ManualClock`]).
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the generator behind ids, tokens and backoff jitter. `None` (the default)
+    /// seeds it from the operating system; a fixed seed is for tests only, since it makes
+    /// agent tokens predictable.
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -76,6 +99,8 @@ impl Default for Config {
             max_lease_wait: Duration::from_secs(60),
             max_lease_batch: 256,
             queue_capacity: 65_536,
+            clock: Arc::new(SystemClock),
+            seed: None,
         }
     }
 }

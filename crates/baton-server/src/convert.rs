@@ -17,6 +17,15 @@ pub fn timestamp(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// The subtask ids of a subtask's dependencies (stored as plan indices).
+fn dependency_ids(s: &Subtask, all: &[Subtask]) -> Vec<String> {
+    s.depends_on
+        .iter()
+        .filter_map(|&d| all.get(d as usize))
+        .map(|d| d.subtask_id.to_string())
+        .collect()
+}
+
 pub fn planned(s: &TaskSnapshot) -> api::PlannedTask {
     api::PlannedTask {
         task_id: s.task.task_id.to_string(),
@@ -28,7 +37,7 @@ pub fn planned(s: &TaskSnapshot) -> api::PlannedTask {
                 subtask_id: st.subtask_id.to_string(),
                 agent: st.capability.clone(),
                 state: st.state.to_string(),
-                depends_on: st.depends_on.iter().map(ToString::to_string).collect(),
+                depends_on: dependency_ids(st, &s.subtasks),
             })
             .collect(),
     }
@@ -78,14 +87,15 @@ pub fn detail(
         started_at: task.started_at.map(timestamp),
         finished_at: task.finished_at.map(timestamp),
         subtasks: subtasks
-            .into_iter()
-            .map(|s| api::SubtaskDetail {
+            .iter()
+            .map(|s| (dependency_ids(s, &subtasks), s.clone()))
+            .map(|(depends_on, s)| api::SubtaskDetail {
                 subtask_id: s.subtask_id.to_string(),
                 agent: s.capability,
                 assigned_agent: s.assigned_agent.map(|a| a.to_string()),
                 state: s.state.to_string(),
                 attempts: s.attempts,
-                depends_on: s.depends_on.iter().map(ToString::to_string).collect(),
+                depends_on,
                 outputs: s.outputs,
                 error: s.error,
             })
@@ -93,13 +103,17 @@ pub fn detail(
         result,
         status_history: events
             .into_iter()
-            .map(|e| api::HistoryEntry {
-                at: timestamp(e.at),
-                subtask_id: e.subtask_id.map(|s| s.to_string()),
-                from: e.from,
-                to: e.to,
-                agent: e.agent.map(|a| a.to_string()),
-                note: e.note,
+            .map(|e| {
+                let (from, to) = e.change.names();
+                api::HistoryEntry {
+                    at: timestamp(e.at),
+                    kind: e.change.kind().to_owned(),
+                    subtask_id: e.change.subtask_id().map(ToString::to_string),
+                    from: from.map(str::to_owned),
+                    to: to.to_owned(),
+                    agent: e.agent.map(|a| a.to_string()),
+                    note: e.note,
+                }
             })
             .collect(),
     }

@@ -74,6 +74,12 @@ impl From<baton_engine::Error> for ApiError {
                 Self::unavailable("storage is unavailable; the change was not committed")
             }
             E::Stopped => Self::unavailable("the orchestrator is shutting down"),
+            // Logged with its context by the engine; the client learns nothing of internals.
+            E::Internal(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; the request was not completed",
+            ),
         }
     }
 }
@@ -82,6 +88,15 @@ impl From<baton_store::Error> for ApiError {
     fn from(e: baton_store::Error) -> Self {
         tracing::error!(error = %e, "store read failed");
         Self::unavailable("storage is unavailable")
+    }
+}
+
+impl From<baton_engine::intake::Rejection> for ApiError {
+    fn from(r: baton_engine::intake::Rejection) -> Self {
+        match r {
+            baton_engine::intake::Rejection::Malformed(m) => Self::bad_request(m),
+            baton_engine::intake::Rejection::Invalid(fields) => Self::invalid(fields),
+        }
     }
 }
 

@@ -1,18 +1,20 @@
 //! Extractors that turn every malformed request into an [`ApiError`] instead of axum's plain
-//! text rejections: JSON bodies (413 over the limit, 400 when not JSON), path ids, bearer tokens.
+//! text rejections: bodies (413 over the limit; read by the engine's intake), path ids, bearer
+//! tokens.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use serde_json::Value;
+use baton_engine::intake;
 
 use crate::ApiError;
 
-/// A JSON body as a [`Value`]; an empty body is `{}` (for calls whose fields are optional).
-pub struct JsonBody(pub Value);
+/// A request body as bytes, read within the size limit (413 beyond it). Handlers hand it to
+/// the engine's intake ([`accept`]), which reads it into its wire type.
+pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -27,13 +29,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(Value::Object(Default::default())));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+        Ok(RawBody(bytes))
     }
+}
+
+/// Read `body` as a `T` and apply the intake's `rules`: the accepted request, or a 400
+/// listing every problem.
+pub fn accept<T: serde::de::DeserializeOwned + serde::Serialize, O>(
+    body: &RawBody,
+    rules: impl FnOnce(T, &mut intake::Issues) -> Option<O>,
+) -> Result<O, ApiError> {
+    Ok(intake::accept(&body.0, rules)?)
 }
 
 /// The one path parameter of a route, percent-decoded.

@@ -1,8 +1,9 @@
 //! Baton's HTTP API (axum): the seed-compatible REST surface for clients and the HTTP pull
 //! protocol for agents.
 //!
-//! Invariants: only this crate knows axum. Handlers validate input completely before anything
-//! changes (every bad field is listed in one 400), send writes through the engine [`Handle`]
+//! Invariants: only this crate knows axum. Handlers hand every body to the engine's intake
+//! (`baton_engine::intake`), which reads it into its `baton-api` type and lists every bad
+//! field in one 400 before anything changes; they send writes through the engine [`Handle`]
 //! (so a 2xx answer means committed) and serve task reads from the store's committed state.
 //! No client input can cause a panic or a 500.
 
@@ -10,7 +11,6 @@ mod convert;
 mod error;
 mod extract;
 mod http;
-mod validate;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -21,7 +21,7 @@ struct FailingStore {
 impl Store for FailingStore {
     async fn commit(&self, batch: WriteBatch) -> baton_store::Result<()> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(baton_store::Error::Backend("injected write failure".into()));
+            return Err(baton_store::Error::backend_msg("injected write failure"));
         }
         self.inner.commit(batch).await
     }

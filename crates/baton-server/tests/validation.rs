@@ -52,7 +52,7 @@ async fn a_submission_lists_every_bad_field_at_once() {
         "priority": "urgentish",
         "task_type": "a:b",
         "metadata": "later",
-        "plan": [1, 2],
+        "plan": "steps",
     });
     server.post("/tasks", body).await.assert_invalid(&[
         "task_id",
@@ -76,6 +76,41 @@ async fn a_submission_lists_every_bad_field_at_once() {
         )
         .await
         .assert_invalid(&["priority"]);
+    // A plan given as an array (serde reads a struct from its fields in order): refused.
+    server
+        .post(
+            "/tasks",
+            json!({"title": "t", "description": "d",
+                   "plan": [[{"id": "a", "capability": "c"}]]}),
+        )
+        .await
+        .assert_invalid(&["plan"]);
+    // Duplicate keys, at any depth, are refused naming the key.
+    let reply = server
+        .post_text(
+            "/tasks",
+            r#"{"title": "t", "description": "d", "title": "u"}"#,
+        )
+        .await;
+    reply.assert_invalid(&["title"]);
+    assert_eq!(reply.body["fields"][0]["issue"], "duplicate key");
+    server
+        .post_text(
+            "/tasks",
+            r#"{"title": "t", "description": "d", "metadata": {"a": 1, "a": 2}}"#,
+        )
+        .await
+        .assert_invalid(&["metadata.a"]);
+    // Ids that cannot travel as a URL path segment.
+    for id in [".", ".."] {
+        server
+            .post(
+                "/tasks",
+                json!({"task_id": id, "title": "t", "description": "d"}),
+            )
+            .await
+            .assert_invalid(&["task_id"]);
+    }
     // Not an object at all.
     server
         .post("/tasks", json!([1, 2]))

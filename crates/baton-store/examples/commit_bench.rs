@@ -21,8 +21,8 @@
 //! ```
 
 use baton_core::{
-    AgentId, Assignment, AssignmentId, AssignmentState, Event, Priority, Subtask, SubtaskId,
-    SubtaskState, Task, TaskId, TaskStatus,
+    AgentId, Assignment, AssignmentId, AssignmentState, Change, Event, Priority, Subtask,
+    SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
 };
 use baton_store::{SqliteStore, Store, SubtaskUpdate, TaskUpdate, WriteBatch};
 use serde_json::json;
@@ -290,12 +290,22 @@ impl Lifecycle {
     }
 
     fn event(&self, at: i64, sub: bool, from: Option<&str>, to: &str, agent: bool) -> Event {
+        let change = if sub {
+            Change::Subtask {
+                subtask_id: self.sub.subtask_id.clone(),
+                from: from.and_then(SubtaskState::parse).expect("a subtask state"),
+                to: SubtaskState::parse(to).expect("a subtask state"),
+            }
+        } else {
+            Change::Task {
+                from: from.and_then(TaskStatus::parse),
+                to: TaskStatus::parse(to).expect("a task status"),
+            }
+        };
         Event {
             task_id: self.task.task_id.clone(),
             at,
-            subtask_id: sub.then(|| self.sub.subtask_id.clone()),
-            from: from.map(String::from),
-            to: to.into(),
+            change,
             agent: agent.then(|| self.agent.clone()),
             note: None,
         }

@@ -18,8 +18,8 @@
 
 use crate::{Recovery, Store, SubtaskUpdate, TaskQuery, TaskUpdate, WriteBatch};
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Event, Priority,
-    Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Change, Event, Phase,
+    Priority, Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
 };
 use serde_json::{json, Value};
 
@@ -140,16 +140,35 @@ pub fn assignment(id: &str, subtask: &Subtask, agent: &str, state: AssignmentSta
     }
 }
 
-/// A task-level event.
+/// A task-level event; `to` names a task status.
 pub fn event(task_id: &str, at: i64, to: &str) -> Event {
     Event {
         task_id: TaskId::from(task_id),
         at,
-        subtask_id: None,
-        from: None,
-        to: to.into(),
+        change: Change::Task {
+            from: None,
+            to: TaskStatus::parse(to).expect("a task status"),
+        },
         agent: None,
         note: None,
+    }
+}
+
+/// A subtask-level event.
+pub fn subtask_event(
+    task_id: &str,
+    at: i64,
+    subtask: &str,
+    from: SubtaskState,
+    to: SubtaskState,
+) -> Event {
+    Event {
+        change: Change::Subtask {
+            subtask_id: SubtaskId::from(subtask),
+            from,
+            to,
+        },
+        ..event(task_id, at, "running")
     }
 }
 
@@ -298,14 +317,13 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         priority: Priority::new(1).expect("1 is a priority"),
         ..task("t-empty", 42)
     };
-    let dep = SubtaskId::from("code::tâche-東京-1::1");
     let full_subtask = Subtask {
         subtask_id: SubtaskId::from("review::tâche-東京-1::1"),
         task_id: full_task.task_id.clone(),
         index: 1,
         key: "revue-✓".into(),
         capability: "review".into(),
-        depends_on: vec![dep.clone(), SubtaskId::from("lint::tâche-東京-1::1")],
+        depends_on: vec![0, u32::MAX],
         input: json!({ "brief": "vérifier", "params": { "strict": true, "n": 3 } }),
         state: SubtaskState::RetryWait,
         attempts: u32::MAX,
@@ -315,7 +333,7 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         updated_at: -5,
     };
     let empty_subtask = Subtask {
-        subtask_id: dep,
+        subtask_id: SubtaskId::from("code::tâche-東京-1::1"),
         task_id: full_task.task_id.clone(),
         index: 0,
         key: "code".into(),
@@ -360,13 +378,15 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         ..assignment("as-2", &empty_subtask, "agent-bare", AssignmentState::Lost)
     };
     let full_event = Event {
-        task_id: full_task.task_id.clone(),
-        at: -7,
-        subtask_id: Some(full_subtask.subtask_id.clone()),
-        from: Some("running".into()),
-        to: "retry_wait".into(),
         agent: Some(AgentId::from("agent-ü")),
         note: Some("bail expiré — réessai 🔁".into()),
+        ..subtask_event(
+            full_task.task_id.as_str(),
+            -7,
+            full_subtask.subtask_id.as_str(),
+            SubtaskState::Running,
+            SubtaskState::RetryWait,
+        )
     };
     let bare_event = event(full_task.task_id.as_str(), 0, "planned");
 
@@ -544,7 +564,7 @@ pub async fn subtask_updates_apply_and_last_wins(store: &dyn Store) {
         ..subtask("t-1", 0)
     };
     let s1 = Subtask {
-        depends_on: vec![s0.subtask_id.clone()],
+        depends_on: vec![0],
         ..subtask("t-1", 1)
     };
     commit(
@@ -763,9 +783,15 @@ pub async fn upserts_replace_whole_rows(store: &dyn Store) {
 /// A timeline is in commit order, then batch order, regardless of the events' timestamps,
 /// and holds only that task's events.
 pub async fn timeline_keeps_commit_order(store: &dyn Store) {
-    let step = |task: &str, at, to: &str, subtask: Option<&str>| Event {
-        subtask_id: subtask.map(SubtaskId::from),
-        ..event(task, at, to)
+    let step = |task: &str, at, to: &str, subtask: Option<&str>| match subtask {
+        None => event(task, at, to),
+        Some(s) => subtask_event(
+            task,
+            at,
+            s,
+            SubtaskState::Pending,
+            SubtaskState::parse(to).expect("a subtask state"),
+        ),
     };
     let batches = vec![
         vec![
@@ -886,12 +912,26 @@ pub async fn timeline_of_many_interleaved_tasks(store: &dyn Store) {
             2 => Some(SubtaskId::from(format!("odd::{id}"))),
             _ => Some(SubtaskId::from(format!("review::{id}::{id}::x"))),
         };
+        let change = match subtask {
+            None => Change::Task {
+                from: (!n.is_multiple_of(3)).then(|| TaskStatus::ALL[n % 7]),
+                to: TaskStatus::ALL[n % TaskStatus::ALL.len()],
+            },
+            Some(subtask_id) if n.is_multiple_of(3) => Change::Phase {
+                subtask_id,
+                from: n.is_multiple_of(2).then(|| Phase::ALL[n % 3]),
+                to: Phase::ALL[(n + 1) % 3],
+            },
+            Some(subtask_id) => Change::Subtask {
+                subtask_id,
+                from: SubtaskState::ALL[n % 7],
+                to: SubtaskState::ALL[n % SubtaskState::ALL.len()],
+            },
+        };
         Event {
             task_id: TaskId::from(id.as_str()),
             at,
-            subtask_id: subtask,
-            from: (!n.is_multiple_of(3)).then(|| format!("state-{}", n % 7)),
-            to: format!("to-{n}"),
+            change,
             agent: (n % 2 == 1).then(|| AgentId::from(format!("ag-{}", i % 3))),
             note: (n % 5 == 4).then(|| format!("note {n} of {id} — ü")),
         }

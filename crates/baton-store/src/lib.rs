@@ -20,15 +20,69 @@ use serde_json::Value;
 
 pub use sqlite::SqliteStore;
 
-/// Storage failures. None of them is caused by client input.
+/// The error a store failure came from, kept for `source()` chains.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Storage failures. None of them is caused by client input. Each keeps the error it came
+/// from (a driver error, an IO error, a JSON error) as its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The backend failed (IO, constraint, connection).
-    #[error("storage backend: {0}")]
-    Backend(String),
+    #[error("storage backend: {context}{}", suffix(.source))]
+    Backend {
+        context: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// Stored data could not be decoded.
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
+    #[error("corrupt stored data: {context}{}", suffix(.source))]
+    Corrupt {
+        context: String,
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+impl Error {
+    /// The backend failed doing `context` because of `source`.
+    pub fn backend(context: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Backend {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The backend refused for a reason of its own (no underlying error).
+    pub fn backend_msg(context: impl Into<String>) -> Self {
+        Error::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Stored data could not be decoded because of `source`.
+    pub fn corrupt(context: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Corrupt {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Stored data breaks a rule of its own (no underlying error).
+    pub fn corrupt_msg(context: impl Into<String>) -> Self {
+        Error::Corrupt {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+/// `": <source>"`, so the one-line message still says what went wrong underneath.
+fn suffix(source: &Option<Source>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 /// Result alias for store calls.

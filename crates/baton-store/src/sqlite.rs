@@ -42,7 +42,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const DB_FILE: &str = "baton.db";
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
+];
 
 /// Read connections opened at start; more are opened on demand when all are busy.
 const READERS_AT_OPEN: usize = 4;
@@ -115,9 +118,8 @@ impl SqliteStore {
     /// Open (creating if needed) `data_dir` and the database [`DB_FILE`] inside it, and bring
     /// its schema up to date.
     pub fn open(data_dir: &Path) -> Result<SqliteStore> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::Backend(format!("creating data dir {}: {e}", data_dir.display()))
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::backend(format!("creating data dir {}", data_dir.display()), e))?;
         Self::open_file(&data_dir.join(DB_FILE))
     }
 
@@ -127,14 +129,14 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut writer = Connection::open_with_flags(path, flags)
-            .map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| Error::backend(format!("opening {}", path.display()), e))?;
         configure(&writer, WRITER_CACHE_KIB)?;
         // Only takes effect while the file is empty, so before WAL mode writes its header.
         writer.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Backend(format!(
+            return Err(Error::backend_msg(format!(
                 "{} cannot use WAL (journal_mode is {mode})",
                 path.display()
             )));
@@ -166,7 +168,7 @@ impl SqliteStore {
     /// `journal_mode` is `wal`, `synchronous` is `2`). Waits for a running commit.
     pub fn writer_pragma(&self, name: &str) -> Result<String> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(Error::Backend(format!("not a pragma name: {name:?}")));
+            return Err(Error::backend_msg(format!("not a pragma name: {name:?}")));
         }
         let writer = lock(&self.inner.writer);
         let value: SqlValue = writer.pragma_query_value(None, name, |r| r.get(0))?;
@@ -203,7 +205,7 @@ impl SqliteStore {
             out
         })
         .await
-        .map_err(|e| Error::Backend(format!("store read task failed: {e}")))?
+        .map_err(|e| Error::backend("store read task failed", e))?
     }
 }
 
@@ -219,7 +221,7 @@ impl Store for SqliteStore {
             write::apply(&mut writer, &batch)
         })
         .await
-        .map_err(|e| Error::Backend(format!("store commit task failed: {e}")))?
+        .map_err(|e| Error::backend("store commit task failed", e))?
     }
 
     async fn recover(&self) -> Result<Recovery> {
@@ -319,8 +321,8 @@ impl From<rusqlite::Error> for Error {
             // The stored value has the wrong type or range for the field it decodes into.
             rusqlite::Error::FromSqlConversionFailure(..)
             | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => Error::Corrupt(e.to_string()),
-            other => Error::Backend(other.to_string()),
+            | rusqlite::Error::IntegralValueOutOfRange(..) => Error::corrupt("decoding a row", e),
+            other => Error::backend("sqlite", other),
         }
     }
 }
@@ -354,7 +356,7 @@ fn read_timeline(conn: &Connection, task_id: &TaskId) -> Result<Vec<Event>> {
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
         timeline::decode(task_id, text_column(row, 0)?, &mut events)
-            .map_err(|e| Error::Corrupt(format!("events of {task_id}: {e}")))?;
+            .map_err(|e| Error::corrupt(format!("events of {task_id}"), e))?;
     }
     Ok(events)
 }
@@ -379,7 +381,7 @@ fn configure(conn: &Connection, cache_kib: i64) -> Result<()> {
 fn open_reader(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| Error::Backend(format!("opening reader on {}: {e}", path.display())))?;
+        .map_err(|e| Error::backend(format!("opening reader on {}", path.display()), e))?;
     configure(&conn, READER_CACHE_KIB)?;
     conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     Ok(conn)
@@ -393,9 +395,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         // Read inside the write lock, so two processes opening at once do not both migrate.
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let version = usize::try_from(version)
-            .map_err(|_| Error::Corrupt(format!("negative schema version {version}")))?;
+            .map_err(|_| Error::corrupt_msg(format!("negative schema version {version}")))?;
         if version > latest {
-            return Err(Error::Backend(format!(
+            return Err(Error::backend_msg(format!(
                 "database schema version {version} is newer than this build knows ({latest})"
             )));
         }
@@ -403,7 +405,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             return Ok(());
         };
         tx.execute_batch(sql)
-            .map_err(|e| Error::Backend(format!("migration {}: {e}", version + 1)))?;
+            .map_err(|e| Error::backend(format!("migration {}", version + 1), e))?;
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
         tracing::info!(version = version + 1, "applied sqlite migration");
@@ -495,17 +497,17 @@ fn query_all<P: rusqlite::Params, T>(
 fn text_column<'r>(row: &'r Row<'_>, idx: usize) -> Result<&'r str> {
     row.get_ref(idx)?
         .as_str()
-        .map_err(|e| Error::Corrupt(format!("column {idx}: {e}")))
+        .map_err(|e| Error::corrupt(format!("column {idx}"), e))
 }
 
 fn text_enum<T>(row: &Row<'_>, idx: usize, kind: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     let text = text_column(row, idx)?;
-    parse(text).ok_or_else(|| Error::Corrupt(format!("unknown {kind} {text:?}")))
+    parse(text).ok_or_else(|| Error::corrupt_msg(format!("unknown {kind} {text:?}")))
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> Result<T> {
     let text = text_column(row, idx)?;
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("json in column {idx}: {e}")))
+    serde_json::from_str(text).map_err(|e| Error::corrupt(format!("json in column {idx}"), e))
 }
 
 fn optional_json(row: &Row<'_>, idx: usize) -> Result<Option<Value>> {
@@ -525,13 +527,13 @@ fn decode_task(row: &Row<'_>) -> Result<Task> {
         description: row.get(3)?,
         task_type: row.get(4)?,
         priority: Priority::new(priority)
-            .ok_or_else(|| Error::Corrupt(format!("priority {priority} outside 1-10")))?,
+            .ok_or_else(|| Error::corrupt_msg(format!("priority {priority} outside 1-10")))?,
         status: text_enum(row, 6, "task status", TaskStatus::parse)?,
         request: row.get(7)?,
         due_at: row.get(8)?,
         max_attempts: row.get(9)?,
         timeout_ms: u64::try_from(timeout_ms)
-            .map_err(|_| Error::Corrupt(format!("negative timeout_ms {timeout_ms}")))?,
+            .map_err(|_| Error::corrupt_msg(format!("negative timeout_ms {timeout_ms}")))?,
         created_at: row.get(11)?,
         started_at: row.get(12)?,
         finished_at: row.get(13)?,

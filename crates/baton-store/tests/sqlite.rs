@@ -127,7 +127,7 @@ async fn migrations_are_idempotent() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1, "schema version after three opens");
+    assert_eq!(version, 2, "schema version after three opens");
     let tables: i64 = raw(dir.path())
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
@@ -172,7 +172,7 @@ async fn writer_uses_wal_and_full_sync() {
     assert!(checkpoint_pages > 0, "the WAL must not grow without bound");
     assert!(matches!(
         store.writer_pragma("user_version; DROP TABLE tasks"),
-        Err(Error::Backend(_))
+        Err(Error::Backend { .. })
     ));
     // WAL is a property of the file: a fresh connection sees it too.
     let mode: String = raw(dir.path())
@@ -189,8 +189,8 @@ async fn newer_schema_is_refused() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     match SqliteStore::open(dir.path()) {
-        Err(Error::Backend(message)) => {
-            assert!(message.contains("newer"), "unexpected message: {message}")
+        Err(e @ Error::Backend { .. }) => {
+            assert!(e.to_string().contains("newer"), "unexpected message: {e}")
         }
         other => panic!("opening a newer schema must fail, got {other:?}"),
     }
@@ -216,14 +216,14 @@ async fn damaged_rows_read_as_corrupt() {
 
     damage("UPDATE tasks SET status = 'exploded'");
     assert!(
-        matches!(store.task(&id).await, Err(Error::Corrupt(_))),
+        matches!(store.task(&id).await, Err(Error::Corrupt { .. })),
         "task status"
     );
     assert!(matches!(
         store.list_tasks(&query).await,
-        Err(Error::Corrupt(_))
+        Err(Error::Corrupt { .. })
     ));
-    assert!(matches!(store.recover().await, Err(Error::Corrupt(_))));
+    assert!(matches!(store.recover().await, Err(Error::Corrupt { .. })));
     repair("UPDATE tasks SET status = 'running'");
     assert!(store.task(&id).await.unwrap().is_some(), "repaired");
 
@@ -263,7 +263,7 @@ async fn damaged_rows_read_as_corrupt() {
     ] {
         damage(damage_sql);
         assert!(
-            matches!(store.task(&id).await, Err(Error::Corrupt(_))),
+            matches!(store.task(&id).await, Err(Error::Corrupt { .. })),
             "{damage_sql} must read as corrupt"
         );
         repair(repair_sql);
@@ -281,7 +281,7 @@ async fn damaged_rows_read_as_corrupt() {
         conn.execute("UPDATE events SET items = ?1", [items])
             .expect("damaging update");
         assert!(
-            matches!(store.timeline(&id).await, Err(Error::Corrupt(_))),
+            matches!(store.timeline(&id).await, Err(Error::Corrupt { .. })),
             "events {items} must read as corrupt"
         );
     }
@@ -300,18 +300,18 @@ async fn damaged_rows_read_as_corrupt() {
     damage("UPDATE assignments SET state = 'zombie'");
     assert!(matches!(
         store.assignment(&assignment_id).await,
-        Err(Error::Corrupt(_))
+        Err(Error::Corrupt { .. })
     ));
     repair("UPDATE assignments SET state = 'active'");
     damage("UPDATE agents SET capabilities = '\"code\"'");
     assert!(
-        matches!(store.recover().await, Err(Error::Corrupt(_))),
+        matches!(store.recover().await, Err(Error::Corrupt { .. })),
         "agent capabilities"
     );
     repair("UPDATE agents SET capabilities = '[]'");
     damage("UPDATE agents SET status = 'asleep'");
     assert!(
-        matches!(store.recover().await, Err(Error::Corrupt(_))),
+        matches!(store.recover().await, Err(Error::Corrupt { .. })),
         "agent status"
     );
     repair("UPDATE agents SET status = 'idle'");
@@ -350,7 +350,7 @@ async fn events_of_one_commit_are_one_row_per_task() {
         .commit(WriteBatch {
             new_tasks: ids.iter().zip(1..).map(|(id, seq)| task(id, seq)).collect(),
             events: (0..4)
-                .flat_map(|n| ids.iter().map(move |id| event(id, n, "step")))
+                .flat_map(|n| ids.iter().map(move |id| event(id, n, "running")))
                 .collect(),
             ..WriteBatch::default()
         })
@@ -358,7 +358,7 @@ async fn events_of_one_commit_are_one_row_per_task() {
         .unwrap();
     store
         .commit(WriteBatch {
-            events: vec![event("t-b", 9, "done"), event("t-b", 10, "done")],
+            events: vec![event("t-b", 9, "completed"), event("t-b", 10, "failed")],
             ..WriteBatch::default()
         })
         .await
@@ -497,19 +497,29 @@ async fn group_commit_of_many_lifecycles() {
             (SubtaskState::Running, 4),
         ] {
             dispatched.subtask_updates.push(update(s, state, at));
-            dispatched.events.push(baton_core::Event {
-                subtask_id: Some(s.subtask_id.clone()),
-                ..event(s.task_id.as_str(), at, state.as_str())
-            });
+            dispatched
+                .events
+                .push(baton_store::conformance::subtask_event(
+                    s.task_id.as_str(),
+                    at,
+                    s.subtask_id.as_str(),
+                    SubtaskState::Pending,
+                    state,
+                ));
         }
         dispatched.assignments.push(leased.clone());
         finished
             .subtask_updates
             .push(update(s, SubtaskState::Completed, 5));
-        finished.events.push(baton_core::Event {
-            subtask_id: Some(s.subtask_id.clone()),
-            ..event(s.task_id.as_str(), 5, "completed")
-        });
+        finished
+            .events
+            .push(baton_store::conformance::subtask_event(
+                s.task_id.as_str(),
+                5,
+                s.subtask_id.as_str(),
+                SubtaskState::Running,
+                SubtaskState::Completed,
+            ));
         finished.assignments.push(baton_core::Assignment {
             state: AssignmentState::Completed,
             finished_at: Some(5),
@@ -561,6 +571,57 @@ async fn group_commit_of_many_lifecycles() {
     assert!(subs.iter().all(|s| s.state == SubtaskState::Completed));
     let timeline = store.timeline(&TaskId::from("t-77")).await.unwrap();
     assert_eq!(timeline.len(), 1 + 4 * SUBTASKS as usize);
-    assert_eq!(timeline.first().map(|e| e.to.as_str()), Some("planned"));
-    assert_eq!(timeline.last().map(|e| e.to.as_str()), Some("completed"));
+    assert_eq!(
+        timeline.first().map(|e| e.change.names().1),
+        Some("planned")
+    );
+    assert_eq!(
+        timeline.last().map(|e| e.change.names().1),
+        Some("completed")
+    );
+}
+
+/// A database written before dependencies were stored as plan indices (schema 1, ids in
+/// `depends_on`) opens with every dependency rewritten as the index of the subtask it named.
+#[tokio::test]
+async fn dependency_ids_of_schema_1_become_indices() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let conn = raw(dir.path());
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (seq, task_id, title, description, priority, status, request, \
+                 max_attempts, timeout_ms, created_at) \
+             VALUES (1, 't-1', 't', 'd', 5, 'running', '{}', 3, 1000, 0), \
+                    (2, 't-2', 't', 'd', 5, 'running', '{}', 3, 1000, 0);
+             INSERT INTO subtasks (task_id, idx, subtask_id, key, capability, depends_on, input, \
+                 state, attempts, updated_at) VALUES \
+             ('t-1', 0, 'a::t-1::1', 'a', 'a', '[]', '{}', 'completed', 1, 0), \
+             ('t-1', 1, 'b::t-1::1', 'b', 'b', '[\"a::t-1::1\"]', '{}', 'ready', 0, 0), \
+             ('t-1', 2, 'a::t-1::2', 'c', 'a', '[\"b::t-1::1\",\"a::t-1::1\"]', '{}', 'pending', 0, 0), \
+             ('t-2', 0, 'a::t-2::1', 'a', 'a', '[]', '{}', 'ready', 0, 0), \
+             ('t-2', 1, 'a::t-2::2', 'b', 'a', '[\"a::t-2::1\"]', '{}', 'pending', 0, 0);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).expect("open migrates");
+    let deps = |subs: Vec<baton_core::Subtask>| -> Vec<Vec<u32>> {
+        subs.into_iter()
+            .map(|s| {
+                let mut d = s.depends_on;
+                d.sort();
+                d
+            })
+            .collect()
+    };
+    let (_, t1) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
+    assert_eq!(deps(t1), vec![vec![], vec![0], vec![0, 1]]);
+    let (_, t2) = store.task(&TaskId::from("t-2")).await.unwrap().unwrap();
+    assert_eq!(deps(t2), vec![vec![], vec![0]]);
+    let version: i64 = raw(dir.path())
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
 }

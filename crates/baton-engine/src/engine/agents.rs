@@ -5,17 +5,18 @@ use baton_core::routing::{self, Candidate};
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, SubtaskState,
 };
+use rand::Rng;
 use serde_json::{Map, Value};
 
-use super::{assignment_id, AgentRt, AsgRt, Engine, Poll};
+use super::{assignment_id, new_uuid, AgentRt, AsgRt, Engine, Poll};
 use crate::handle::{AgentInfo, AgentSpec, HeartbeatInfo, LeaseGrant, Registered, Reply};
 use crate::timers::Timer;
 use crate::{hash_token, Error};
 
 impl Engine {
     pub(crate) fn register(&mut self, spec: AgentSpec, now: Millis) -> Result<Registered, Error> {
-        let agent_id = AgentId(format!("agent-{}", uuid::Uuid::now_v7().simple()));
-        let token = format!("bt_{}", uuid::Uuid::new_v4().simple());
+        let agent_id = AgentId(format!("agent-{}", new_uuid(&mut self.rng, now)));
+        let token = format!("bt_{:032x}", self.rng.gen::<u128>());
         let agent = Agent {
             agent_id: agent_id.clone(),
             name: spec.name,
@@ -28,16 +29,21 @@ impl Engine {
             created_at: now,
         };
         tracing::info!(agent_id = %agent_id, name = %agent.name, capabilities = ?agent.capabilities, "agent registered");
-        self.add_agent(agent.clone(), Some(now));
+        self.add_agent(agent.clone(), Some(now), now)?;
         self.write_agent(&agent_id);
         Ok(Registered { agent, token })
     }
 
     /// Put an agent in the indexes and unblock what it can serve.
-    pub(crate) fn add_agent(&mut self, agent: Agent, last_seen: Option<Millis>) {
+    pub(crate) fn add_agent(
+        &mut self,
+        agent: Agent,
+        last_seen: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), Error> {
         let id = agent.agent_id.clone();
         self.tokens.insert(agent.token_hash.clone(), id.clone());
-        let accepts = agent.status.accepts_work() || agent.status == AgentStatus::Unhealthy;
+        let serves = agent.status.accepts_work() || agent.status == AgentStatus::Unhealthy;
         let caps = agent.capabilities.clone();
         self.agents.insert(
             id.clone(),
@@ -45,38 +51,51 @@ impl Engine {
                 agent,
                 in_flight: Default::default(),
                 last_seen,
-                unhealthy: false,
                 poll: None,
                 revoked: Vec::new(),
                 success_rate: 1.0,
                 latency_ms: 0.0,
             },
         );
-        if accepts {
+        if serves {
             for cap in caps {
                 self.capable
                     .entry(cap.clone())
                     .or_default()
                     .insert(id.clone());
-                self.unblock(&cap);
+                self.unblock(&cap, now)?;
             }
         }
+        Ok(())
     }
 
     /// Every blocked subtask of `cap` becomes ready (an agent for it appeared).
-    fn unblock(&mut self, cap: &str) {
+    fn unblock(&mut self, cap: &str, now: Millis) -> Result<(), Error> {
         let Some(keys) = self.blocked.remove(cap) else {
-            return;
+            return Ok(());
         };
-        let now = crate::now_ms();
         for key in keys {
             let still_blocked = self
                 .sub(key.seq, key.idx)
                 .is_some_and(|s| s.sub.state == SubtaskState::Blocked);
             if still_blocked {
-                self.make_ready(key.seq, key.idx, now);
+                self.make_ready(key.seq, key.idx, now)?;
             }
         }
+        Ok(())
+    }
+
+    /// Move an agent through the agent machine and write it.
+    fn set_agent_status(&mut self, agent_id: &AgentId, to: AgentStatus) -> Result<(), Error> {
+        let Some(rt) = self.agents.get_mut(agent_id) else {
+            return Err(self.missing(format!("agent {agent_id}")));
+        };
+        if let Err(e) = rt.agent.set_status(to) {
+            return Err(self.bug(format!("agent {agent_id}"), e));
+        }
+        tracing::info!(agent_id = %agent_id, status = %to, "agent status");
+        self.write_agent(agent_id);
+        Ok(())
     }
 
     pub(crate) fn drain(&mut self, agent_id: &AgentId, now: Millis) -> Result<AgentInfo, Error> {
@@ -86,20 +105,15 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(format!("agent {agent_id:?} not found")))?;
         if matches!(
             rt.agent.status,
-            AgentStatus::Draining | AgentStatus::Stopped
+            AgentStatus::Draining | AgentStatus::Stopped | AgentStatus::Failed
         ) {
             return Ok(info(rt));
         }
-        rt.agent.status = rt
-            .agent
-            .status
-            .transition(AgentStatus::Draining)
-            .map_err(|e| Error::Conflict(e.to_string()))?;
         if let Some(poll) = rt.poll.take() {
             let _ = poll.reply.send(Ok(poll.grants));
         }
         let caps = rt.agent.capabilities.clone();
-        tracing::info!(agent_id = %agent_id, "agent draining");
+        self.set_agent_status(agent_id, AgentStatus::Draining)?;
         for cap in &caps {
             if let Some(set) = self.capable.get_mut(cap) {
                 set.remove(agent_id);
@@ -107,41 +121,41 @@ impl Engine {
             if let Some(set) = self.parked.get_mut(cap) {
                 set.remove(agent_id);
             }
-            self.block_if_orphaned(cap, now);
+            self.block_if_orphaned(cap, now)?;
         }
-        self.stop_if_drained(agent_id);
-        self.write_agent(agent_id);
+        self.stop_if_drained(agent_id)?;
         Ok(info(&self.agents[agent_id]))
     }
 
     /// A draining agent with nothing in flight is stopped.
-    pub(crate) fn stop_if_drained(&mut self, agent_id: &AgentId) {
-        let Some(rt) = self.agents.get_mut(agent_id) else {
-            return;
-        };
-        if rt.agent.status == AgentStatus::Draining && rt.in_flight.is_empty() {
-            rt.agent.status = AgentStatus::Stopped;
-            tracing::info!(agent_id = %agent_id, "agent stopped");
-            self.write_agent(agent_id);
+    pub(crate) fn stop_if_drained(&mut self, agent_id: &AgentId) -> Result<(), Error> {
+        let drained = self
+            .agents
+            .get(agent_id)
+            .is_some_and(|rt| rt.agent.status == AgentStatus::Draining && rt.in_flight.is_empty());
+        if drained {
+            self.set_agent_status(agent_id, AgentStatus::Stopped)?;
         }
+        Ok(())
     }
 
     /// When no agent offers `cap` any more, its ready subtasks become blocked.
-    fn block_if_orphaned(&mut self, cap: &str, now: Millis) {
+    fn block_if_orphaned(&mut self, cap: &str, now: Millis) -> Result<(), Error> {
         if self.capable.get(cap).is_some_and(|s| !s.is_empty()) {
-            return;
+            return Ok(());
         }
         let Some(keys) = self.ready.remove(cap) else {
-            return;
+            return Ok(());
         };
         for key in keys {
             let is_ready = self
                 .sub(key.seq, key.idx)
                 .is_some_and(|s| s.sub.state == SubtaskState::Ready);
             if is_ready {
-                self.enqueue_ready(key.seq, key.idx, now);
+                self.enqueue_ready(key.seq, key.idx, now)?;
             }
         }
+        Ok(())
     }
 
     pub(crate) fn agent_infos(&self) -> Vec<AgentInfo> {
@@ -168,6 +182,12 @@ impl Engine {
 
     /// Any authenticated call counts as a heartbeat: the agent is seen (and healthy again),
     /// and the leases `renew` names get a new deadline, which is returned when there were any.
+    ///
+    /// The rule that keeps plain agents from stalling: an assignment the agent has not
+    /// acknowledged yet (its subtask still `assigned`: no progress, no result, no `held`
+    /// naming it) is renewed only by a call that names it. A lease answer that never reached
+    /// its agent therefore expires one lease period after it was handed out, however often
+    /// that agent calls. Naming an assignment in `held` acknowledges it.
     pub(crate) fn touch(
         &mut self,
         agent_id: Option<&AgentId>,
@@ -177,22 +197,44 @@ impl Engine {
     ) -> Result<(AgentId, Option<Millis>), Error> {
         let id = self.authenticate(agent_id, token_hash)?;
         let expires = now + self.config.lease.as_millis() as i64;
-        let rt = self.agents.get_mut(&id).ok_or(Error::Unauthorized)?;
+        let Some(rt) = self.agents.get_mut(&id) else {
+            return Err(self.missing(format!("agent {id}")));
+        };
         rt.last_seen = Some(now);
-        rt.unhealthy = false;
+        let was_unhealthy = rt.agent.status == AgentStatus::Unhealthy;
+        let (renew, named): (Vec<AssignmentId>, bool) = match renew {
+            Renew::All => (rt.in_flight.iter().cloned().collect(), false),
+            Renew::Only(held) => (
+                held.iter()
+                    .filter(|a| rt.in_flight.contains(*a))
+                    .cloned()
+                    .collect(),
+                true,
+            ),
+        };
+        if was_unhealthy {
+            self.set_agent_status(&id, AgentStatus::Idle)?;
+            let caps = self.agents[&id].agent.capabilities.clone();
+            self.dirty.extend(caps);
+        }
         let mut renewed = false;
-        let mut renew_one = |a: &AssignmentId| {
-            if let Some(asg) = self.assignments.get_mut(a) {
+        for a in renew {
+            let Some((seq, idx)) = self.assignments.get(&a).map(|asg| (asg.seq, asg.idx)) else {
+                continue;
+            };
+            let unacknowledged = self
+                .sub(seq, idx)
+                .is_some_and(|s| s.sub.state == SubtaskState::Assigned);
+            if unacknowledged {
+                if !named {
+                    continue;
+                }
+                self.mark_running(seq, idx, &id, now)?;
+            }
+            if let Some(asg) = self.assignments.get_mut(&a) {
                 asg.a.lease_expires_at = expires;
                 renewed = true;
             }
-        };
-        match renew {
-            Renew::All => rt.in_flight.iter().for_each(&mut renew_one),
-            Renew::Only(held) => held
-                .iter()
-                .filter(|a| rt.in_flight.contains(*a))
-                .for_each(&mut renew_one),
         }
         Ok((id, renewed.then_some(expires)))
     }
@@ -206,7 +248,9 @@ impl Engine {
     ) -> Result<HeartbeatInfo, Error> {
         let renew = held.as_deref().map_or(Renew::All, Renew::Only);
         let (id, lease_expires_at) = self.touch(Some(agent_id), token_hash, renew, now)?;
-        let rt = self.agents.get_mut(&id).ok_or(Error::Unauthorized)?;
+        let Some(rt) = self.agents.get_mut(&id) else {
+            return Err(self.missing(format!("agent {id}")));
+        };
         let mut revoked = std::mem::take(&mut rt.revoked);
         // Whatever it says it holds that is no longer its live work must be abandoned too
         // (the revocation may have been answered to a heartbeat it never received).
@@ -302,12 +346,12 @@ impl Engine {
     }
 
     /// Route ready subtasks to parked agents, then answer every poll that got work.
-    pub(crate) fn dispatch(&mut self, now: Millis) {
-        let dirty: Vec<String> = self.dirty.drain().collect();
+    pub(crate) fn dispatch(&mut self, now: Millis) -> Result<(), Error> {
+        let dirty = std::mem::take(&mut self.dirty);
         for cap in dirty {
-            self.dispatch_capability(&cap, now);
+            self.dispatch_capability(&cap, now)?;
         }
-        let polls: Vec<AgentId> = self.pending_polls.drain().collect();
+        let polls = std::mem::take(&mut self.pending_polls);
         for id in polls {
             let has_work = self
                 .agents
@@ -332,12 +376,13 @@ impl Engine {
                 }
             }
         }
+        Ok(())
     }
 
-    fn dispatch_capability(&mut self, cap: &str, now: Millis) {
+    fn dispatch_capability(&mut self, cap: &str, now: Millis) -> Result<(), Error> {
         loop {
             let Some(&key) = self.ready.get(cap).and_then(|q| q.first()) else {
-                return;
+                return Ok(());
             };
             let state_ok = self
                 .sub(key.seq, key.idx)
@@ -348,10 +393,10 @@ impl Engine {
                 continue;
             }
             let Some(agent_id) = self.route(cap, key.seq, key.idx) else {
-                return;
+                return Ok(());
             };
             self.ready.get_mut(cap).map(|q| q.remove(&key));
-            self.assign(key.seq, key.idx, &agent_id, now);
+            self.assign(key.seq, key.idx, &agent_id, now)?;
         }
     }
 
@@ -374,7 +419,7 @@ impl Engine {
                     agent_id: id,
                     in_flight: a.in_flight.len() as u32,
                     max_concurrency: a.agent.max_concurrency.min(a.in_flight.len() as u32 + room),
-                    available: a.agent.status.accepts_work() && !a.unhealthy && room > 0,
+                    available: a.agent.status.accepts_work() && room > 0,
                     success_rate: a.success_rate,
                     latency_ms: a.latency_ms,
                     tried_before: tried.contains(id),
@@ -390,56 +435,47 @@ impl Engine {
     }
 
     /// `ready → assigned` on `agent_id`: a new attempt with a fresh lease.
-    fn assign(&mut self, seq: i64, idx: u32, agent_id: &AgentId, now: Millis) {
+    fn assign(&mut self, seq: i64, idx: u32, agent_id: &AgentId, now: Millis) -> Result<(), Error> {
         let lease_ms = self.config.lease.as_millis() as i64;
-        let (task_id, timeout_ms) = {
-            let t = &self.tasks[&seq].task;
-            (t.task_id.clone(), t.timeout_ms as i64)
+        let agent = Some(agent_id.clone());
+        self.set_state(seq, idx, SubtaskState::Assigned, agent, None, now)?;
+        let rt = self.tasks.get_mut(&seq).expect("set_state found it");
+        let timeout_ms = rt.task.timeout_ms as i64;
+        let task_id = rt.task.task_id.clone();
+        let brief = if rt.task.description.trim().is_empty() {
+            &rt.task.title
+        } else {
+            &rt.task.description
         };
-        if self
-            .set_state(
-                seq,
-                idx,
-                SubtaskState::Assigned,
-                Some(agent_id.clone()),
-                None,
-                now,
-            )
-            .is_err()
-        {
-            return;
-        }
-        let (attempt, subtask_id, capability, input) = {
-            let rt = self.tasks.get_mut(&seq).expect("task exists");
-            let s = &mut rt.subs[idx as usize];
-            s.sub.attempts += 1;
-            s.sub.assigned_agent = Some(agent_id.clone());
-            s.tried.push(agent_id.clone());
-            let attempt = s.sub.attempts;
-            let subtask_id = s.sub.subtask_id.clone();
-            let capability = s.sub.capability.clone();
-            let deps = s.sub.depends_on.clone();
-            let mut input = match &s.sub.input {
-                Value::Object(m) => m.clone(),
-                other => Map::from_iter([("input".to_owned(), other.clone())]),
-            };
-            let mut dependencies = Map::new();
-            for dep in deps {
-                if let Some(d) = rt.subs.iter().find(|o| o.sub.subtask_id == dep) {
-                    dependencies.insert(
-                        dep.to_string(),
-                        d.sub.outputs.clone().unwrap_or(Value::Null),
-                    );
-                }
+        let s = &rt.subs[idx as usize];
+        let mut input = match &s.sub.input {
+            Value::Object(m) => m.clone(),
+            other => Map::from_iter([("input".to_owned(), other.clone())]),
+        };
+        input
+            .entry("brief")
+            .or_insert_with(|| Value::String(brief.clone()));
+        let mut dependencies = Map::new();
+        for &d in &s.sub.depends_on {
+            if let Some(dep) = rt.subs.get(d as usize) {
+                dependencies.insert(
+                    dep.sub.subtask_id.to_string(),
+                    dep.sub.outputs.clone().unwrap_or(Value::Null),
+                );
             }
-            input.insert("dependencies".into(), Value::Object(dependencies));
-            (attempt, subtask_id, capability, Value::Object(input))
-        };
+        }
+        input.insert("dependencies".into(), Value::Object(dependencies));
+        let s = &mut rt.subs[idx as usize];
+        s.sub.attempts += 1;
+        s.sub.assigned_agent = Some(agent_id.clone());
+        s.tried.push(agent_id.clone());
+        let attempt = s.sub.attempts;
+        let capability = s.sub.capability.clone();
         let id = assignment_id(seq, idx, attempt);
         let assignment = Assignment {
             assignment_id: id.clone(),
             task_id,
-            subtask_id,
+            subtask_id: s.sub.subtask_id.clone(),
             agent_id: agent_id.clone(),
             attempt,
             state: AssignmentState::Active,
@@ -447,10 +483,8 @@ impl Engine {
             created_at: now,
             finished_at: None,
         };
-        if let Some(rt) = self.tasks.get_mut(&seq) {
-            rt.assignments.push(id.clone());
-            rt.subs[idx as usize].current = Some(id.clone());
-        }
+        s.current = Some(id.clone());
+        rt.assignments.push(id.clone());
         self.write_subtask(seq, idx);
         self.assignments.insert(
             id.clone(),
@@ -465,13 +499,17 @@ impl Engine {
         self.write_assignment(&id);
         self.timers.at(now + lease_ms, Timer::Lease(id.clone()));
         self.timers.at(now + timeout_ms, Timer::Timeout(id.clone()));
-        let rt = self.agents.get_mut(agent_id).expect("routed agent exists");
+        let Some(rt) = self.agents.get_mut(agent_id) else {
+            return Err(self.missing(format!("routed agent {agent_id}")));
+        };
         rt.in_flight.insert(id.clone());
-        let poll = rt.poll.as_mut().expect("routed agent has a poll");
+        let Some(poll) = rt.poll.as_mut() else {
+            return Err(self.missing(format!("the poll of routed agent {agent_id}")));
+        };
         poll.grants.push(LeaseGrant {
             assignment,
             capability,
-            input,
+            input: Value::Object(input),
         });
         let full = poll.grants.len() as u32 >= poll.max
             || rt.in_flight.len() as u32 >= rt.agent.max_concurrency;
@@ -480,10 +518,11 @@ impl Engine {
             self.answer_poll(agent_id);
         }
         tracing::debug!(assignment_id = %id, agent_id = %agent_id, "assigned");
+        Ok(())
     }
 
     /// After an agent frees a slot, let its parked poll (if any) take more work.
-    pub(crate) fn slot_freed(&mut self, agent_id: &AgentId) {
+    pub(crate) fn slot_freed(&mut self, agent_id: &AgentId) -> Result<(), Error> {
         if let Some(rt) = self.agents.get(agent_id) {
             if rt.poll.is_some() {
                 for cap in &rt.agent.capabilities {
@@ -491,20 +530,29 @@ impl Engine {
                 }
             }
         }
-        self.stop_if_drained(agent_id);
+        self.stop_if_drained(agent_id)
     }
 
     /// Agents that have not called for two lease periods are unhealthy: they get no new work
     /// until they call again (their leases expire on their own).
-    pub(crate) fn health_sweep(&mut self, now: Millis) {
+    pub(crate) fn health_sweep(&mut self, now: Millis) -> Result<(), Error> {
         let limit = 2 * self.config.lease.as_millis() as i64;
-        for rt in self.agents.values_mut() {
-            let silent = rt.last_seen.is_some_and(|seen| now - seen > limit);
-            if silent && !rt.unhealthy && rt.agent.status.accepts_work() && rt.poll.is_none() {
-                rt.unhealthy = true;
-                tracing::warn!(agent_id = %rt.agent.agent_id, "agent unhealthy: missed heartbeats");
-            }
+        let mut silent: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|rt| {
+                rt.last_seen.is_some_and(|seen| now - seen > limit)
+                    && rt.agent.status.accepts_work()
+                    && rt.poll.is_none()
+            })
+            .map(|rt| rt.agent.agent_id.clone())
+            .collect();
+        silent.sort();
+        for id in silent {
+            tracing::warn!(agent_id = %id, "agent unhealthy: missed heartbeats");
+            self.set_agent_status(&id, AgentStatus::Unhealthy)?;
         }
+        Ok(())
     }
 }
 
@@ -516,9 +564,10 @@ pub(crate) enum Renew<'a> {
     Only(&'a [AssignmentId]),
 }
 
+/// The status shown: `busy` is an idle agent with work in flight (derived, never stored, so
+/// taking and finishing work writes no agent row).
 fn effective_status(rt: &AgentRt) -> AgentStatus {
     match rt.agent.status {
-        AgentStatus::Idle | AgentStatus::Busy if rt.unhealthy => AgentStatus::Unhealthy,
         AgentStatus::Idle if !rt.in_flight.is_empty() => AgentStatus::Busy,
         AgentStatus::Busy if rt.in_flight.is_empty() => AgentStatus::Idle,
         s => s,

@@ -11,19 +11,23 @@ use results::AttemptResult;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use baton_core::{
-    Agent, AgentId, Assignment, AssignmentId, Event, Millis, Priority, Subtask, SubtaskState, Task,
-    TaskId,
+    Agent, AgentId, Assignment, AssignmentId, Change, Event, IllegalTransition, Millis, Priority,
+    Subtask, SubtaskState, Task, TaskId,
 };
 use baton_store::{Store, SubtaskUpdate, TaskUpdate, WriteBatch};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::committer::{self, Deferred, Flush, Outcome};
-use crate::handle::{Command, Handle, LeaseGrant, NewTask, Reply, Submitted};
+use crate::handle::{Command, Handle, LeaseGrant, Reply, Submitted};
+use crate::intake::NewTask;
 use crate::timers::{Timer, Timers};
-use crate::{now_ms, Config, Error};
+use crate::{Clock, Config, Error};
 
 /// Commands handled per turn before the turn's writes are flushed.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
@@ -51,24 +55,24 @@ pub(crate) struct TaskRt {
 impl TaskRt {
     /// Live state of a task: each subtask knows its dependents and how many of its
     /// dependencies are not completed yet. Works for new tasks and for recovered ones.
+    /// Edges are plan indices both ways, so a plan costs memory by its size, not by its edge
+    /// count times the length of an id.
     pub fn new(task: Task, mut subtasks: Vec<Subtask>) -> TaskRt {
         subtasks.sort_by_key(|s| s.index);
-        let index: HashMap<&baton_core::SubtaskId, usize> = subtasks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (&s.subtask_id, i))
-            .collect();
         let mut dependents = vec![Vec::new(); subtasks.len()];
         let mut waiting = vec![0u32; subtasks.len()];
         for (i, s) in subtasks.iter().enumerate() {
-            for dep in &s.depends_on {
-                if let Some(&d) = index.get(dep) {
-                    dependents[d].push(i as u32);
-                    if subtasks[d].state != SubtaskState::Completed {
+            for &d in &s.depends_on {
+                if let Some(dep) = subtasks.get(d as usize) {
+                    dependents[d as usize].push(i as u32);
+                    if dep.state != SubtaskState::Completed {
                         waiting[i] += 1;
                     }
                 }
             }
+        }
+        for list in &mut dependents {
+            list.shrink_to_fit();
         }
         let open = subtasks.iter().filter(|s| !s.state.is_terminal()).count();
         let subs = subtasks
@@ -108,7 +112,7 @@ pub(crate) struct AsgRt {
     pub seq: i64,
     pub idx: u32,
     pub timeout_at: Millis,
-    pub phase: Option<String>,
+    pub phase: Option<baton_core::Phase>,
 }
 
 pub(crate) struct Poll {
@@ -122,7 +126,6 @@ pub(crate) struct AgentRt {
     pub agent: Agent,
     pub in_flight: HashSet<AssignmentId>,
     pub last_seen: Option<Millis>,
-    pub unhealthy: bool,
     pub poll: Option<Poll>,
     /// Assignments taken away from it, reported at its next heartbeat.
     pub revoked: Vec<AssignmentId>,
@@ -159,6 +162,9 @@ impl Outbox {
 
 pub(crate) struct Engine {
     config: Config,
+    clock: Arc<dyn Clock>,
+    /// Ids, tokens and jitter: seeded once, so a seeded engine is reproducible.
+    rng: StdRng,
     store: Arc<dyn Store>,
     tasks: HashMap<i64, TaskRt>,
     task_ids: HashMap<TaskId, i64>,
@@ -173,10 +179,11 @@ pub(crate) struct Engine {
     parked: HashMap<String, BTreeSet<AgentId>>,
     ready: HashMap<String, BTreeSet<ReadyKey>>,
     blocked: HashMap<String, BTreeSet<ReadyKey>>,
-    /// Capabilities whose queue or parked agents changed this turn.
-    dirty: HashSet<String>,
+    /// Capabilities whose queue or parked agents changed this turn (ordered: dispatch order
+    /// shows in the timeline).
+    dirty: BTreeSet<String>,
     /// Agents whose poll may need answering at the end of this turn.
-    pending_polls: HashSet<AgentId>,
+    pending_polls: BTreeSet<AgentId>,
     assignments: HashMap<AssignmentId, AsgRt>,
     timers: Timers,
     outbox: Outbox,
@@ -196,7 +203,9 @@ pub(crate) struct Engine {
     stopping: bool,
     committer: Option<tokio::task::JoinHandle<()>>,
     /// Shared with every [`Handle`], so health checks see a failed commit.
-    failed_flag: Arc<std::sync::atomic::AtomicBool>,
+    failed_flag: Arc<AtomicBool>,
+    /// Bugs caught so far (illegal transitions), shared with every [`Handle`].
+    internal_errors: Arc<AtomicU64>,
 }
 
 /// A submission waiting for the store lookup of its task id.
@@ -231,9 +240,17 @@ impl Engine {
                 }
             }
         });
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(AtomicBool::new(false));
+        let internal_errors = Arc::new(AtomicU64::new(0));
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let clock = config.clock.clone();
         let mut engine = Engine {
             config,
+            clock: clock.clone(),
+            rng,
             store,
             tasks: HashMap::new(),
             task_ids: HashMap::new(),
@@ -245,8 +262,8 @@ impl Engine {
             parked: HashMap::new(),
             ready: HashMap::new(),
             blocked: HashMap::new(),
-            dirty: HashSet::new(),
-            pending_polls: HashSet::new(),
+            dirty: BTreeSet::new(),
+            pending_polls: BTreeSet::new(),
             assignments: HashMap::new(),
             timers: Timers::default(),
             outbox: Outbox::default(),
@@ -261,14 +278,21 @@ impl Engine {
             stopping: false,
             committer: Some(committer),
             failed_flag: failed.clone(),
+            internal_errors: internal_errors.clone(),
         };
-        engine.recover(recovered, now_ms());
-        engine
-            .timers
-            .at(now_ms() + HEALTH_SWEEP_MS, Timer::HealthSweep);
-        engine.end_turn(now_ms());
+        let now = clock.now();
+        engine.recover(recovered, now);
+        engine.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
+        engine.end_turn(now);
         let join = tokio::spawn(engine.run(rx, internal_rx));
-        Ok((Handle { tx, failed }, join))
+        Ok((
+            Handle {
+                tx,
+                failed,
+                internal_errors,
+            },
+            join,
+        ))
     }
 
     async fn run(
@@ -280,10 +304,7 @@ impl Engine {
             let deadline = self.timers.next_deadline();
             let sleep = async {
                 match deadline {
-                    Some(at) => {
-                        let wait = (at - now_ms()).max(0) as u64;
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await
-                    }
+                    Some(at) => self.clock.sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -306,7 +327,7 @@ impl Engine {
                 },
                 _ = sleep => {}
             }
-            self.end_turn(now_ms());
+            self.end_turn(self.clock.now());
             if self.stopping && self.pending_submits.is_empty() {
                 break;
             }
@@ -324,12 +345,19 @@ impl Engine {
     /// Dispatch what this turn's commands made possible (before a zero-wait poll's timer
     /// answers it), fire due timers, dispatch what they freed, and flush.
     fn end_turn(&mut self, now: Millis) {
-        self.dispatch(now);
+        self.dispatch_or_log(now);
         while let Some(timer) = self.timers.pop_due(now) {
             self.on_timer(timer, now);
         }
-        self.dispatch(now);
+        self.dispatch_or_log(now);
         self.flush();
+    }
+
+    fn dispatch_or_log(&mut self, now: Millis) {
+        if let Err(e) = self.dispatch(now) {
+            // Already logged and counted where it happened; say what it interrupted.
+            tracing::error!(error = %e, "dispatch stopped");
+        }
     }
 
     fn flush(&mut self) {
@@ -361,15 +389,17 @@ impl Engine {
             }
             Internal::Commit(Outcome::Failed(error)) => {
                 self.failed = Some(error);
-                self.failed_flag
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.failed_flag.store(true, Ordering::Relaxed);
             }
-            Internal::Looked(task_id, found) => self.on_looked(task_id, found, now_ms()),
+            Internal::Looked(task_id, found) => {
+                let now = self.clock.now();
+                self.on_looked(task_id, found, now)
+            }
         }
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let now = now_ms();
+        let now = self.clock.now();
         if let Some(error) = &self.failed {
             let error = Error::Unavailable(error.clone());
             refuse(cmd, error);
@@ -425,12 +455,13 @@ impl Engine {
             }
             Command::Quiesce(done) => {
                 self.quiesced = true;
-                let parked: Vec<AgentId> = self
+                let mut parked: Vec<AgentId> = self
                     .agents
                     .values()
                     .filter(|a| a.poll.is_some())
                     .map(|a| a.agent.agent_id.clone())
                     .collect();
+                parked.sort();
                 for id in parked {
                     self.answer_poll(&id);
                 }
@@ -444,10 +475,8 @@ impl Engine {
                 phase,
                 message,
                 reply,
-            } => {
-                let result = self.progress(&assignment_id, &token_hash, phase, message, now);
-                self.reply(reply, result);
-            }
+            } => self.progress(assignment_id, &token_hash, phase, message, reply, now),
+            Command::Sync(reply) => self.reply(reply, Ok(())),
             Command::Complete {
                 assignment_id,
                 token_hash,
@@ -491,15 +520,22 @@ impl Engine {
     }
 
     fn on_timer(&mut self, timer: Timer, now: Millis) {
-        match timer {
-            Timer::Lease(id) => self.check_lease(&id, now),
-            Timer::Timeout(id) => self.check_timeout(&id, now),
-            Timer::Retry(seq, idx) => self.retry_due(seq, idx, now),
-            Timer::Poll(agent_id, poll_id) => self.poll_expired(&agent_id, poll_id),
-            Timer::HealthSweep => {
-                self.health_sweep(now);
-                self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
+        let result = match &timer {
+            Timer::Lease(id) => self.check_lease(id, now),
+            Timer::Timeout(id) => self.check_timeout(id, now),
+            Timer::Retry(seq, idx) => self.retry_due(*seq, *idx, now),
+            Timer::Poll(agent_id, poll_id) => {
+                self.poll_expired(agent_id, *poll_id);
+                Ok(())
             }
+            Timer::HealthSweep => {
+                self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
+                self.health_sweep(now)
+            }
+        };
+        if let Err(e) = result {
+            // Already logged and counted where it happened; say what it interrupted.
+            tracing::error!(timer = ?timer, error = %e, "timer handling stopped");
         }
     }
 
@@ -607,6 +643,21 @@ impl Engine {
         self.tasks.get_mut(&seq)?.subs.get_mut(idx as usize)
     }
 
+    /// An illegal transition, which is a bug of the engine: logged with its context, counted
+    /// (scenario tests fail on any), and answered 500. The caller stops what it was doing.
+    pub(crate) fn bug(&self, context: String, e: IllegalTransition) -> Error {
+        self.internal_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(context = %context, error = %e, "engine attempted an illegal transition");
+        Error::Internal(format!("{context}: {e}"))
+    }
+
+    /// A record the engine's own indexes point at is missing: a bug as well.
+    pub(crate) fn missing(&self, what: String) -> Error {
+        self.internal_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(what = %what, "engine lost track of a record");
+        Error::Internal(format!("{what} is missing"))
+    }
+
     /// Move a subtask to `to` (through the core state machine), stamp it, write it and
     /// append the event.
     pub(crate) fn set_state(
@@ -618,27 +669,33 @@ impl Engine {
         note: Option<String>,
         now: Millis,
     ) -> Result<(), Error> {
-        let Some(rt) = self.tasks.get_mut(&seq) else {
-            return Err(Error::NotFound(format!("task #{seq}")));
+        let Some(s) = self
+            .tasks
+            .get_mut(&seq)
+            .and_then(|rt| rt.subs.get_mut(idx as usize))
+        else {
+            return Err(self.missing(format!("subtask {idx} of task #{seq}")));
         };
-        let Some(s) = rt.subs.get_mut(idx as usize) else {
-            return Err(Error::NotFound(format!("subtask {idx} of task #{seq}")));
+        let from = match s.sub.set_state(to, now) {
+            Ok(from) => from,
+            Err(e) => {
+                let context = format!("subtask {}", s.sub.subtask_id);
+                return Err(self.bug(context, e));
+            }
         };
-        let from = s.sub.state;
-        s.sub.state = from.transition(to).map_err(|e| {
-            tracing::error!(subtask_id = %s.sub.subtask_id, error = %e, "engine attempted an illegal transition");
-            Error::Conflict(e.to_string())
-        })?;
-        s.sub.updated_at = now;
-        if to.is_terminal() && !from.is_terminal() {
+        let subtask_id = s.sub.subtask_id.clone();
+        let rt = self.tasks.get_mut(&seq).expect("checked above");
+        if to.is_terminal() {
             rt.open -= 1;
         }
         let event = Event {
             task_id: rt.task.task_id.clone(),
             at: now,
-            subtask_id: Some(s.sub.subtask_id.clone()),
-            from: Some(from.as_str().to_owned()),
-            to: to.as_str().to_owned(),
+            change: Change::Subtask {
+                subtask_id,
+                from,
+                to,
+            },
             agent,
             note,
         };
@@ -648,9 +705,9 @@ impl Engine {
     }
 
     /// Queue a subtask that just became `ready`, or block it if no agent offers its capability.
-    pub(crate) fn enqueue_ready(&mut self, seq: i64, idx: u32, now: Millis) {
+    pub(crate) fn enqueue_ready(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
         let Some(rt) = self.tasks.get(&seq) else {
-            return;
+            return Err(self.missing(format!("task #{seq}")));
         };
         let priority = rt.task.priority;
         let cap = rt.subs[idx as usize].sub.capability.clone();
@@ -664,14 +721,11 @@ impl Engine {
             self.dirty.insert(cap);
         } else {
             let note = Some(format!("no registered agent offers capability {cap:?}"));
-            if self
-                .set_state(seq, idx, SubtaskState::Blocked, None, note, now)
-                .is_ok()
-            {
-                tracing::warn!(capability = %cap, task_seq = seq, "subtask blocked: no capable agent");
-                self.blocked.entry(cap).or_default().insert(key);
-            }
+            self.set_state(seq, idx, SubtaskState::Blocked, None, note, now)?;
+            tracing::warn!(capability = %cap, task_seq = seq, "subtask blocked: no capable agent");
+            self.blocked.entry(cap).or_default().insert(key);
         }
+        Ok(())
     }
 
     /// Drop a durable terminal task from memory.
@@ -702,6 +756,15 @@ pub(crate) fn assignment_id(seq: i64, idx: u32, attempt: u32) -> AssignmentId {
     AssignmentId(format!("as-{seq}-{idx}-{attempt}"))
 }
 
+/// A fresh id: a UUID v7 (time-ordered) of the engine's clock and generator, in simple form.
+pub(crate) fn new_uuid(rng: &mut StdRng, now: Millis) -> String {
+    let random: [u8; 10] = rng.gen();
+    uuid::Builder::from_unix_timestamp_millis(now.max(0) as u64, &random)
+        .into_uuid()
+        .simple()
+        .to_string()
+}
+
 /// Answer a command with an error without touching state.
 fn refuse(cmd: Command, error: Error) {
     match cmd {
@@ -717,6 +780,7 @@ fn refuse(cmd: Command, error: Error) {
         | Command::Complete { reply, .. }
         | Command::Fail { reply, .. } => drop(reply.send(Err(error))),
         Command::Results { reply, .. } => drop(reply.send(Err(error))),
+        Command::Sync(reply) => drop(reply.send(Err(error))),
         Command::Quiesce(done) => drop(done.send(())),
         Command::Shutdown => {}
     }

@@ -9,8 +9,11 @@ use baton_store::Recovery;
 
 use super::{AsgRt, Engine, TaskRt};
 use crate::timers::Timer;
+use crate::Error;
 
 impl Engine {
+    /// Rebuild from `recovered`. A bug met on the way (an illegal transition in stored state)
+    /// is logged and counted, and recovery goes on with the next subtask.
     pub(crate) fn recover(&mut self, recovered: Recovery, now: Millis) {
         let Recovery {
             agents,
@@ -21,7 +24,10 @@ impl Engine {
         } = recovered;
         let (n_agents, n_tasks, n_assignments) = (agents.len(), tasks.len(), assignments.len());
         for agent in agents {
-            self.add_agent(agent, Some(now));
+            let id = agent.agent_id.clone();
+            if let Err(e) = self.add_agent(agent, Some(now), now) {
+                tracing::error!(agent_id = %id, error = %e, "recovering an agent");
+            }
         }
         let mut subs_by_task: HashMap<baton_core::TaskId, Vec<baton_core::Subtask>> =
             HashMap::new();
@@ -72,63 +78,21 @@ impl Engine {
             }
         }
         // Put every live subtask back where it belongs.
-        let seqs: Vec<i64> = self.tasks.keys().copied().collect();
+        let mut seqs: Vec<i64> = self.tasks.keys().copied().collect();
+        seqs.sort_unstable();
         for seq in seqs {
             if self.tasks[&seq].task.status == TaskStatus::Planned {
                 continue;
             }
             let n = self.tasks[&seq].subs.len() as u32;
             for idx in 0..n {
-                let (state, current) = {
-                    let s = &self.tasks[&seq].subs[idx as usize];
-                    (s.sub.state, s.current.clone())
-                };
-                match state {
-                    SubtaskState::Ready => self.enqueue_ready(seq, idx, now),
-                    SubtaskState::Blocked => {
-                        if self
-                            .capable
-                            .get(&self.tasks[&seq].subs[idx as usize].sub.capability)
-                            .is_some_and(|s| !s.is_empty())
-                        {
-                            self.make_ready(seq, idx, now);
-                        } else {
-                            let cap = self.tasks[&seq].subs[idx as usize].sub.capability.clone();
-                            self.blocked
-                                .entry(cap)
-                                .or_default()
-                                .insert(super::ReadyKey {
-                                    priority: std::cmp::Reverse(self.tasks[&seq].task.priority),
-                                    seq,
-                                    idx,
-                                });
-                        }
-                    }
-                    SubtaskState::RetryWait => self.timers.at(now, Timer::Retry(seq, idx)),
-                    SubtaskState::Pending if self.tasks[&seq].subs[idx as usize].waiting == 0 => {
-                        self.make_ready(seq, idx, now)
-                    }
-                    s if s.is_assigned() && current.is_none() => {
-                        // Committed as assigned without a live assignment: treat the attempt as lost.
-                        tracing::warn!(
-                            task_seq = seq,
-                            idx,
-                            "assigned subtask without a live assignment; retrying"
-                        );
-                        let _ = self.set_state(
-                            seq,
-                            idx,
-                            SubtaskState::RetryWait,
-                            None,
-                            Some("recovered without a live assignment".into()),
-                            now,
-                        );
-                        self.timers.at(now, Timer::Retry(seq, idx));
-                    }
-                    _ => {}
+                if let Err(e) = self.recover_subtask(seq, idx, now) {
+                    tracing::error!(task_seq = seq, idx, error = %e, "recovering a subtask");
                 }
             }
-            self.after_terminal_subtask(seq, now);
+            if let Err(e) = self.after_terminal_subtask(seq, now) {
+                tracing::error!(task_seq = seq, error = %e, "recovering a task");
+            }
         }
         // Draining agents whose work is done are stopped.
         let draining: Vec<_> = self
@@ -138,7 +102,9 @@ impl Engine {
             .map(|a| a.agent.agent_id.clone())
             .collect();
         for id in draining {
-            self.stop_if_drained(&id);
+            if let Err(e) = self.stop_if_drained(&id) {
+                tracing::error!(agent_id = %id, error = %e, "recovering a draining agent");
+            }
         }
         tracing::info!(
             agents = n_agents,
@@ -146,5 +112,42 @@ impl Engine {
             assignments = n_assignments,
             "recovered"
         );
+    }
+
+    /// Put one live subtask back where it belongs.
+    fn recover_subtask(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
+        let s = &self.tasks[&seq].subs[idx as usize];
+        let (state, has_current, waiting) = (s.sub.state, s.current.is_some(), s.waiting);
+        let cap = s.sub.capability.clone();
+        match state {
+            SubtaskState::Ready => self.enqueue_ready(seq, idx, now)?,
+            SubtaskState::Blocked => {
+                if self.capable.get(&cap).is_some_and(|s| !s.is_empty()) {
+                    self.make_ready(seq, idx, now)?;
+                } else {
+                    let key = super::ReadyKey {
+                        priority: std::cmp::Reverse(self.tasks[&seq].task.priority),
+                        seq,
+                        idx,
+                    };
+                    self.blocked.entry(cap).or_default().insert(key);
+                }
+            }
+            SubtaskState::RetryWait => self.timers.at(now, Timer::Retry(seq, idx)),
+            SubtaskState::Pending if waiting == 0 => self.make_ready(seq, idx, now)?,
+            s if s.is_assigned() && !has_current => {
+                // Committed as assigned without a live assignment: treat the attempt as lost.
+                tracing::warn!(
+                    task_seq = seq,
+                    idx,
+                    "assigned subtask without a live assignment; retrying"
+                );
+                let note = Some("recovered without a live assignment".into());
+                self.set_state(seq, idx, SubtaskState::RetryWait, None, note, now)?;
+                self.timers.at(now, Timer::Retry(seq, idx));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //! retries they lead to. Fencing lives here: only the subtask's current active assignment
 //! may change it; anything else gets 409 and changes nothing.
 
-use baton_core::{AgentId, AssignmentId, AssignmentState, Millis, SubtaskState};
+use baton_core::{AgentId, AssignmentId, AssignmentState, Change, Millis, Phase, SubtaskState};
+use rand::Rng;
 use serde_json::Value;
 
 use super::agents::Renew;
@@ -19,31 +20,62 @@ enum Loss {
 }
 
 impl Engine {
+    /// A phase report. Like a result, it is answered from the store when the assignment's
+    /// task has left memory, so the same call gets the same status either way.
     pub(crate) fn progress(
         &mut self,
-        id: &AssignmentId,
+        id: AssignmentId,
         token_hash: &str,
-        phase: String,
+        phase: Phase,
+        message: Option<String>,
+        reply: Reply<AssignmentInfo>,
+        now: Millis,
+    ) {
+        let renew = Renew::Only(std::slice::from_ref(&id));
+        let result = self
+            .touch(None, token_hash, renew, now)
+            .and_then(|(agent_id, _)| {
+                if !self.assignments.contains_key(&id) {
+                    return Ok(Err(self.answer_from_store(id.clone(), agent_id, None)));
+                }
+                self.record_phase(&id, &agent_id, phase, message, now)
+                    .map(Ok)
+            });
+        match result {
+            Ok(Ok(info)) => self.reply(reply, Ok(info)),
+            Ok(Err(lookup)) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(lookup.await);
+                });
+            }
+            Err(e) => self.reply(reply, Err(e)),
+        }
+    }
+
+    fn record_phase(
+        &mut self,
+        id: &AssignmentId,
+        agent_id: &AgentId,
+        phase: Phase,
         message: Option<String>,
         now: Millis,
     ) -> Result<AssignmentInfo, Error> {
-        let renew = Renew::Only(std::slice::from_ref(id));
-        let (agent_id, _) = self.touch(None, token_hash, renew, now)?;
-        let (seq, idx) = self.owned_active(id, &agent_id)?;
-        self.mark_running(seq, idx, &agent_id, now)?;
-        let asg = self
-            .assignments
-            .get_mut(id)
-            .expect("owned assignment exists");
-        if asg.phase.as_deref() != Some(phase.as_str()) {
-            let from = asg.phase.replace(phase.clone());
+        let (seq, idx) = self.owned_active(id, agent_id)?;
+        self.mark_running(seq, idx, agent_id, now)?;
+        let Some(asg) = self.assignments.get_mut(id) else {
+            return Err(self.missing(format!("assignment {id}")));
+        };
+        if asg.phase != Some(phase) {
+            let from = asg.phase.replace(phase);
             let event = baton_core::Event {
                 task_id: asg.a.task_id.clone(),
                 at: now,
-                subtask_id: Some(asg.a.subtask_id.clone()),
-                from,
-                to: phase,
-                agent: Some(agent_id),
+                change: Change::Phase {
+                    subtask_id: asg.a.subtask_id.clone(),
+                    from,
+                    to: phase,
+                },
+                agent: Some(agent_id.clone()),
                 note: message,
             };
             self.event(event);
@@ -60,7 +92,7 @@ impl Engine {
         now: Millis,
     ) -> Settled {
         let Some(asg) = self.assignments.get(&id) else {
-            return Settled::Stored(self.answer_from_store(id, agent_id.clone(), result));
+            return Settled::Stored(self.answer_from_store(id, agent_id.clone(), Some(result)));
         };
         if &asg.a.agent_id != agent_id {
             return Settled::Now(Err(not_yours(&id)));
@@ -86,7 +118,7 @@ impl Engine {
             AttemptResult::Failure { error, retryable } => {
                 Settled::Now(self.owned_active(&id, agent_id).and_then(|(seq, idx)| {
                     self.mark_running(seq, idx, agent_id, now)?;
-                    self.lose(&id, Loss::Failed { error, retryable }, now);
+                    self.lose(&id, Loss::Failed { error, retryable }, now)?;
                     Ok(self.assignment_info(&id))
                 }))
             }
@@ -102,7 +134,8 @@ impl Engine {
         reply: Reply<AssignmentInfo>,
         now: Millis,
     ) {
-        // A single result call counts as a heartbeat of the agent: every lease is renewed.
+        // A single result call counts as a heartbeat of the agent: its acknowledged leases
+        // are renewed (see `touch`).
         let agent_id = match self.touch(None, token_hash, Renew::All, now) {
             Ok((agent_id, _)) => agent_id,
             Err(e) => return self.reply(reply, Err(e)),
@@ -177,15 +210,9 @@ impl Engine {
             s.sub.error = None;
             s.current = None;
         }
-        self.set_state(
-            seq,
-            idx,
-            SubtaskState::Completed,
-            Some(agent_id.clone()),
-            None,
-            now,
-        )?;
-        let started = self.finish_assignment(id, AssignmentState::Completed, now);
+        let agent = Some(agent_id.clone());
+        self.set_state(seq, idx, SubtaskState::Completed, agent, None, now)?;
+        let started = self.finish_assignment(id, AssignmentState::Completed, now)?;
         self.record_outcome(agent_id, true, now - started);
         let dependents = self
             .sub(seq, idx)
@@ -200,53 +227,54 @@ impl Engine {
                 None => false,
             };
             if ready {
-                self.make_ready(seq, d, now);
+                self.make_ready(seq, d, now)?;
             }
         }
-        self.after_terminal_subtask(seq, now);
+        self.after_terminal_subtask(seq, now)?;
         Ok(self.assignment_info(id))
     }
 
     /// The lease timer fired: expire the attempt unless it was renewed since.
-    pub(crate) fn check_lease(&mut self, id: &AssignmentId, now: Millis) {
+    pub(crate) fn check_lease(&mut self, id: &AssignmentId, now: Millis) -> Result<(), Error> {
         let Some(asg) = self.assignments.get(id) else {
-            return;
+            return Ok(());
         };
         if asg.a.state != AssignmentState::Active {
-            return;
+            return Ok(());
         }
         if asg.a.lease_expires_at > now {
             let at = asg.a.lease_expires_at;
             self.timers.at(at, Timer::Lease(id.clone()));
-            return;
+            return Ok(());
         }
-        self.lose(id, Loss::LeaseExpired, now);
+        self.lose(id, Loss::LeaseExpired, now)
     }
 
-    pub(crate) fn check_timeout(&mut self, id: &AssignmentId, now: Millis) {
+    pub(crate) fn check_timeout(&mut self, id: &AssignmentId, now: Millis) -> Result<(), Error> {
         let Some(asg) = self.assignments.get(id) else {
-            return;
+            return Ok(());
         };
         if asg.a.state != AssignmentState::Active || asg.timeout_at > now {
-            return;
+            return Ok(());
         }
         let secs = (asg.timeout_at - asg.a.created_at).max(0) as u64 / 1000;
-        self.lose(id, Loss::TimedOut(secs), now);
+        self.lose(id, Loss::TimedOut(secs), now)
     }
 
-    pub(crate) fn retry_due(&mut self, seq: i64, idx: u32, now: Millis) {
+    pub(crate) fn retry_due(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
         if self
             .sub(seq, idx)
             .is_some_and(|s| s.sub.state == SubtaskState::RetryWait)
         {
-            self.make_ready(seq, idx, now);
+            self.make_ready(seq, idx, now)?;
         }
+        Ok(())
     }
 
     /// End an active attempt without a result; retry the subtask or fail it (and its task).
-    fn lose(&mut self, id: &AssignmentId, loss: Loss, now: Millis) {
+    fn lose(&mut self, id: &AssignmentId, loss: Loss, now: Millis) -> Result<(), Error> {
         let Some(asg) = self.assignments.get(id) else {
-            return;
+            return Err(self.missing(format!("assignment {id}")));
         };
         let (seq, idx, agent_id, attempt) =
             (asg.seq, asg.idx, asg.a.agent_id.clone(), asg.a.attempt);
@@ -263,7 +291,7 @@ impl Engine {
                 format!("timed out after {secs} s"),
             ),
         };
-        let started = self.finish_assignment(id, state, now);
+        let started = self.finish_assignment(id, state, now)?;
         self.record_outcome(&agent_id, false, now - started);
         if state == AssignmentState::Lost {
             if let Some(rt) = self.agents.get_mut(&agent_id) {
@@ -279,35 +307,30 @@ impl Engine {
             max_attempts: self.tasks.get(&seq).map_or(1, |t| t.task.max_attempts),
             ..self.config.retry
         };
+        let agent = Some(agent_id);
         if retry.may_retry(attempt, retryable) {
-            let wait = retry.backoff_ms(attempt, rand::random::<f64>()) as i64;
+            let jitter = self.rng.gen::<f64>();
+            let wait = retry.backoff_ms(attempt, jitter) as i64;
             let note = Some(format!("{note}; retry in {wait} ms"));
-            if self
-                .set_state(seq, idx, SubtaskState::RetryWait, Some(agent_id), note, now)
-                .is_ok()
-            {
-                self.timers.at(now + wait, Timer::Retry(seq, idx));
-            }
+            self.set_state(seq, idx, SubtaskState::RetryWait, agent, note, now)?;
+            self.timers.at(now + wait, Timer::Retry(seq, idx));
         } else {
             let why = format!("attempt {attempt} failed: {note}");
-            if self
-                .set_state(
-                    seq,
-                    idx,
-                    SubtaskState::Failed,
-                    Some(agent_id),
-                    Some(why.clone()),
-                    now,
-                )
-                .is_ok()
-            {
-                let subtask_id = self
-                    .sub(seq, idx)
-                    .map(|s| s.sub.subtask_id.to_string())
-                    .unwrap_or_default();
-                self.fail_task(seq, format!("subtask {subtask_id} failed: {why}"), now);
-            }
+            self.set_state(
+                seq,
+                idx,
+                SubtaskState::Failed,
+                agent,
+                Some(why.clone()),
+                now,
+            )?;
+            let subtask_id = self
+                .sub(seq, idx)
+                .map(|s| s.sub.subtask_id.to_string())
+                .unwrap_or_default();
+            self.fail_task(seq, format!("subtask {subtask_id} failed: {why}"), now)?;
         }
+        Ok(())
     }
 
     /// Take the live assignment of a subtask away (task cancelled or failed).
@@ -317,39 +340,42 @@ impl Engine {
         idx: u32,
         state: AssignmentState,
         now: Millis,
-    ) {
+    ) -> Result<(), Error> {
         let Some(id) = self.sub_mut(seq, idx).and_then(|s| s.current.take()) else {
-            return;
+            return Ok(());
         };
         let agent = self.assignments.get(&id).map(|a| a.a.agent_id.clone());
-        self.finish_assignment(&id, state, now);
+        self.finish_assignment(&id, state, now)?;
         if let Some(agent) = agent {
             if let Some(rt) = self.agents.get_mut(&agent) {
                 rt.revoked.push(id);
             }
         }
+        Ok(())
     }
 
-    /// Close an assignment and free the agent's slot. Returns when it started.
+    /// Close an assignment (through the assignment machine) and free the agent's slot.
+    /// Returns when it started.
     fn finish_assignment(
         &mut self,
         id: &AssignmentId,
         state: AssignmentState,
         now: Millis,
-    ) -> Millis {
+    ) -> Result<Millis, Error> {
         let Some(asg) = self.assignments.get_mut(id) else {
-            return now;
+            return Err(self.missing(format!("assignment {id}")));
         };
-        asg.a.state = state;
-        asg.a.finished_at = Some(now);
+        if let Err(e) = asg.a.set_state(state, now) {
+            return Err(self.bug(format!("assignment {id}"), e));
+        }
         let started = asg.a.created_at;
         let agent_id = asg.a.agent_id.clone();
         self.write_assignment(id);
         if let Some(rt) = self.agents.get_mut(&agent_id) {
             rt.in_flight.remove(id);
         }
-        self.slot_freed(&agent_id);
-        started
+        self.slot_freed(&agent_id)?;
+        Ok(started)
     }
 
     fn record_outcome(&mut self, agent_id: &AgentId, success: bool, elapsed_ms: Millis) {
@@ -361,7 +387,7 @@ impl Engine {
     }
 
     /// `assigned → running` on the first sign of life from the agent.
-    fn mark_running(
+    pub(crate) fn mark_running(
         &mut self,
         seq: i64,
         idx: u32,
@@ -413,11 +439,12 @@ impl Engine {
 
     /// A result for an assignment no longer in memory (its task finished and was evicted):
     /// answered from the store. Nothing can change any more, so no state is touched.
+    /// `result` is `None` for a progress report.
     fn answer_from_store(
         &self,
         id: AssignmentId,
         agent_id: AgentId,
-        result: AttemptResult,
+        result: Option<AttemptResult>,
     ) -> StoreLookup {
         let store = self.store.clone();
         Box::pin(async move {
@@ -435,7 +462,7 @@ impl Engine {
                 lease_expires_at: None,
             };
             match (asg.state, result) {
-                (AssignmentState::Completed, AttemptResult::Outputs(outputs)) => {
+                (AssignmentState::Completed, Some(AttemptResult::Outputs(outputs))) => {
                     let accepted = store
                         .task(&asg.task_id)
                         .await

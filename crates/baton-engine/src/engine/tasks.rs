@@ -3,16 +3,21 @@
 
 use std::collections::HashMap;
 
-use baton_core::{Event, Millis, SubtaskState, TaskId, TaskStatus};
+use baton_core::{Change, Event, Millis, SubtaskState, Task, TaskId, TaskStatus};
 use serde_json::json;
 
-use super::{Engine, Internal, StoredTask, TaskRt};
-use crate::handle::{NewTask, Reply, Submitted, TaskSnapshot};
+use super::{new_uuid, Engine, Internal, StoredTask, TaskRt};
+use crate::handle::{Reply, Submitted, TaskSnapshot};
+use crate::intake::NewTask;
 use crate::Error;
 
 impl Engine {
     pub(crate) fn submit(&mut self, new: Box<NewTask>, reply: Reply<Submitted>, now: Millis) {
-        let task_id = new.task.task_id.clone();
+        let Some(task_id) = new.task_id.clone() else {
+            // No id of the client's: a new one cannot exist anywhere yet.
+            let task_id = TaskId(format!("task-{}", new_uuid(&mut self.rng, now)));
+            return self.create(*new, task_id, reply, now);
+        };
         if let Some(&seq) = self.task_ids.get(&task_id) {
             let result = self.compare_existing(seq, &new);
             self.reply(reply, result);
@@ -20,10 +25,6 @@ impl Engine {
         }
         if let Some(waiting) = self.pending_submits.get_mut(&task_id) {
             waiting.push((new, reply));
-            return;
-        }
-        if !new.client_chosen_id {
-            self.create(*new, reply, now);
             return;
         }
         // Not in memory: it may be a finished task that was evicted. Look it up off the loop;
@@ -59,7 +60,7 @@ impl Engine {
                 let (task, subtasks) = *stored;
                 let snapshot = TaskSnapshot { task, subtasks };
                 for (new, reply) in waiting {
-                    let result = if snapshot.task.request == new.task.request {
+                    let result = if snapshot.task.request == new.request {
                         Ok(Submitted::Existing(snapshot.clone()))
                     } else {
                         Err(conflict(&task_id))
@@ -73,7 +74,7 @@ impl Engine {
                     if let Some(error) = &self.failed {
                         let _ = reply.send(Err(Error::Unavailable(error.clone())));
                     } else {
-                        self.create(*first, reply, now);
+                        self.create(*first, task_id, reply, now);
                     }
                 }
                 for (new, reply) in waiting {
@@ -85,48 +86,56 @@ impl Engine {
 
     fn compare_existing(&self, seq: i64, new: &NewTask) -> Result<Submitted, Error> {
         let rt = &self.tasks[&seq];
-        if rt.task.request == new.task.request {
+        if rt.task.request == new.request {
             Ok(Submitted::Existing(snapshot(rt)))
         } else {
             Err(conflict(&rt.task.task_id))
         }
     }
 
-    fn create(&mut self, new: NewTask, reply: Reply<Submitted>, now: Millis) {
-        let NewTask {
-            mut task,
-            subtasks,
-            execute,
-            ..
-        } = new;
+    fn create(&mut self, new: NewTask, task_id: TaskId, reply: Reply<Submitted>, now: Millis) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        task.seq = seq;
-        task.status = TaskStatus::Planned;
-        task.created_at = now;
-        task.max_attempts = self.config.retry.max_attempts;
-        task.timeout_ms = self.config.subtask_timeout.as_millis() as u64;
+        let subtasks = new.plan.instantiate(&task_id, now);
+        let task = Task {
+            task_id: task_id.clone(),
+            seq,
+            title: new.title,
+            description: new.description,
+            task_type: new.task_type,
+            priority: new.priority,
+            status: TaskStatus::Planned,
+            request: new.request,
+            due_at: new.due_at,
+            max_attempts: self.config.retry.max_attempts,
+            timeout_ms: self.config.subtask_timeout.as_millis() as u64,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            result: None,
+        };
         self.event(Event {
-            task_id: task.task_id.clone(),
+            task_id: task_id.clone(),
             at: now,
-            subtask_id: None,
-            from: None,
-            to: TaskStatus::Planned.as_str().to_owned(),
+            change: Change::Task {
+                from: None,
+                to: TaskStatus::Planned,
+            },
             agent: None,
             note: None,
         });
-        self.task_ids.insert(task.task_id.clone(), seq);
+        self.task_ids.insert(task_id.clone(), seq);
         let rt = TaskRt::new(task, subtasks);
         let open = rt.open;
         self.tasks.insert(seq, rt);
         self.write_new_task(seq);
-        tracing::info!(task_id = %self.tasks[&seq].task.task_id, subtasks = open, "task planned");
-        if execute {
-            if let Err(e) = self.start_task(seq, now) {
-                tracing::error!(error = %e, "could not start a new task");
-            }
-        }
-        let result = Ok(Submitted::Created(snapshot(&self.tasks[&seq])));
+        tracing::info!(task_id = %task_id, subtasks = open, "task planned");
+        let started = if new.execute {
+            self.start_task(seq, now)
+        } else {
+            Ok(())
+        };
+        let result = started.map(|()| Submitted::Created(snapshot(&self.tasks[&seq])));
         self.reply(reply, result);
     }
 
@@ -157,19 +166,15 @@ impl Engine {
             .map(|s| s.sub.index)
             .collect();
         for idx in roots {
-            self.make_ready(seq, idx, now);
+            self.make_ready(seq, idx, now)?;
         }
         Ok(())
     }
 
     /// `pending|retry_wait|blocked → ready`, then queue it.
-    pub(crate) fn make_ready(&mut self, seq: i64, idx: u32, now: Millis) {
-        if self
-            .set_state(seq, idx, SubtaskState::Ready, None, None, now)
-            .is_ok()
-        {
-            self.enqueue_ready(seq, idx, now);
-        }
+    pub(crate) fn make_ready(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
+        self.set_state(seq, idx, SubtaskState::Ready, None, None, now)?;
+        self.enqueue_ready(seq, idx, now)
     }
 
     pub(crate) fn set_task_status(
@@ -179,26 +184,24 @@ impl Engine {
         note: Option<String>,
         now: Millis,
     ) -> Result<(), Error> {
-        let rt = self
-            .tasks
-            .get_mut(&seq)
-            .ok_or_else(|| Error::NotFound(format!("task #{seq}")))?;
-        let from = rt.task.status;
-        rt.task.status = from
-            .transition(to)
-            .map_err(|e| Error::Conflict(e.to_string()))?;
-        if to == TaskStatus::Running && rt.task.started_at.is_none() {
-            rt.task.started_at = Some(now);
-        }
-        if to.is_terminal() {
-            rt.task.finished_at = Some(now);
-        }
+        let Some(rt) = self.tasks.get_mut(&seq) else {
+            return Err(self.missing(format!("task #{seq}")));
+        };
+        let from = match rt.task.set_status(to, now) {
+            Ok(from) => from,
+            Err(e) => {
+                let context = format!("task {}", rt.task.task_id);
+                return Err(self.bug(context, e));
+            }
+        };
+        let rt = &self.tasks[&seq];
         let event = Event {
             task_id: rt.task.task_id.clone(),
             at: now,
-            subtask_id: None,
-            from: Some(from.as_str().to_owned()),
-            to: to.as_str().to_owned(),
+            change: Change::Task {
+                from: Some(from),
+                to,
+            },
             agent: None,
             note,
         };
@@ -224,14 +227,19 @@ impl Engine {
                 "task {task_id:?} is already {status}"
             )));
         }
-        self.close_open_subtasks(seq, "task cancelled", now);
+        self.close_open_subtasks(seq, "task cancelled", now)?;
         self.set_task_status(seq, TaskStatus::Cancelled, None, now)?;
         self.aggregate(seq);
         Ok(TaskStatus::Cancelled)
     }
 
     /// Cancel every subtask that is not terminal, revoking live assignments.
-    pub(crate) fn close_open_subtasks(&mut self, seq: i64, why: &str, now: Millis) {
+    pub(crate) fn close_open_subtasks(
+        &mut self,
+        seq: i64,
+        why: &str,
+        now: Millis,
+    ) -> Result<(), Error> {
         let open: Vec<u32> = self.tasks[&seq]
             .subs
             .iter()
@@ -239,23 +247,18 @@ impl Engine {
             .map(|s| s.sub.index)
             .collect();
         for idx in open {
-            self.revoke_current(seq, idx, baton_core::AssignmentState::Cancelled, now);
-            let _ = self.set_state(
-                seq,
-                idx,
-                SubtaskState::Cancelled,
-                None,
-                Some(why.to_owned()),
-                now,
-            );
+            self.revoke_current(seq, idx, baton_core::AssignmentState::Cancelled, now)?;
+            let note = Some(why.to_owned());
+            self.set_state(seq, idx, SubtaskState::Cancelled, None, note, now)?;
         }
+        Ok(())
     }
 
     /// Called whenever a subtask reaches a terminal state: finish the task when none is open.
-    pub(crate) fn after_terminal_subtask(&mut self, seq: i64, now: Millis) {
+    pub(crate) fn after_terminal_subtask(&mut self, seq: i64, now: Millis) -> Result<(), Error> {
         let rt = &self.tasks[&seq];
         if rt.open > 0 || rt.task.status.is_terminal() {
-            return;
+            return Ok(());
         }
         let all_done = rt
             .subs
@@ -266,23 +269,20 @@ impl Engine {
         } else {
             TaskStatus::Failed
         };
-        if self.set_task_status(seq, to, None, now).is_ok() {
-            self.aggregate(seq);
-        }
+        self.set_task_status(seq, to, None, now)?;
+        self.aggregate(seq);
+        Ok(())
     }
 
     /// Fail a task because one of its subtasks failed for good.
-    pub(crate) fn fail_task(&mut self, seq: i64, why: String, now: Millis) {
+    pub(crate) fn fail_task(&mut self, seq: i64, why: String, now: Millis) -> Result<(), Error> {
         if self.tasks[&seq].task.status.is_terminal() {
-            return;
+            return Ok(());
         }
-        self.close_open_subtasks(seq, "task failed", now);
-        if self
-            .set_task_status(seq, TaskStatus::Failed, Some(why), now)
-            .is_ok()
-        {
-            self.aggregate(seq);
-        }
+        self.close_open_subtasks(seq, "task failed", now)?;
+        self.set_task_status(seq, TaskStatus::Failed, Some(why), now)?;
+        self.aggregate(seq);
+        Ok(())
     }
 
     /// Build the task result: a summary and the metrics. The outputs and errors per subtask

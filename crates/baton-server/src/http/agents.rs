@@ -6,16 +6,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_api as api;
-use baton_core::{AgentId, AssignmentId};
+use baton_core::AgentId;
+use baton_engine::intake;
 use std::collections::HashMap;
 
 use crate::convert;
-use crate::extract::{BearerHash, JsonBody, PathId};
-use crate::validate::{self, Fields};
+use crate::extract::{self, BearerHash, PathId, RawBody};
 use crate::{ApiError, AppState};
-
-/// Default long-poll wait when a lease call names none.
-const DEFAULT_WAIT_MS: u64 = 0;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,9 +25,9 @@ pub fn router() -> Router<AppState> {
 
 async fn register(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<(StatusCode, Json<api::RegisteredAgent>), ApiError> {
-    let spec = validate::registration(&body).map_err(ApiError::invalid)?;
+    let spec = extract::accept(&body, intake::registration)?;
     let registered = state.engine.register(spec).await?;
     Ok((
         StatusCode::CREATED,
@@ -126,40 +123,31 @@ async fn lease(
     State(state): State<AppState>,
     PathId(agent_id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::LeaseResponse>, ApiError> {
-    let mut f = Fields::new(&body, &["max", "wait_ms", "held"]);
-    let max = f.integer("max", 1..=1024).unwrap_or(1) as u32;
-    let wait_ms = f
-        .integer("wait_ms", 0..=3_600_000)
-        .unwrap_or(DEFAULT_WAIT_MS);
-    let held = held(&mut f);
-    f.finish(Some(())).map_err(ApiError::invalid)?;
+    let ask = extract::accept(&body, intake::lease)?;
     let grants = state
         .engine
-        .lease(AgentId(agent_id), token_hash, max, wait_ms, held)
+        .lease(
+            AgentId(agent_id),
+            token_hash,
+            ask.max,
+            ask.wait_ms,
+            ask.held,
+        )
         .await?;
     Ok(Json(api::LeaseResponse {
         assignments: grants.into_iter().map(convert::lease).collect(),
     }))
 }
 
-/// The optional `held` list of lease and heartbeat calls: the assignments the agent works on.
-fn held(f: &mut Fields<'_>) -> Option<Vec<AssignmentId>> {
-    f.raw("held")?;
-    let ids = f.strings("held", 10_000)?;
-    Some(ids.into_iter().map(AssignmentId).collect())
-}
-
 async fn heartbeat(
     State(state): State<AppState>,
     PathId(agent_id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::HeartbeatReply>, ApiError> {
-    let mut f = Fields::new(&body, &["held"]);
-    let held = held(&mut f);
-    f.finish(Some(())).map_err(ApiError::invalid)?;
+    let held = extract::accept(&body, intake::heartbeat)?;
     let info = state
         .engine
         .heartbeat(AgentId(agent_id.clone()), token_hash, held)
@@ -172,19 +160,13 @@ async fn heartbeat(
     }))
 }
 
-/// Most results one call may carry.
-const MAX_RESULTS: usize = 4096;
-
 async fn results(
     State(state): State<AppState>,
     PathId(agent_id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::ResultsReply>, ApiError> {
-    let items = validate::results(&body, MAX_RESULTS).map_err(ApiError::invalid)?;
-    let mut f = Fields::new(&body, &["results", "held"]);
-    let held = held(&mut f);
-    f.finish(Some(())).map_err(ApiError::invalid)?;
+    let (items, held) = extract::accept(&body, intake::results)?;
     let ids: Vec<String> = items.iter().map(|(id, _)| id.to_string()).collect();
     let answers = state
         .engine

@@ -5,11 +5,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use baton_api as api;
 use baton_core::AssignmentId;
-use baton_engine::AssignmentInfo;
+use baton_engine::{intake, AssignmentInfo};
 
 use crate::convert;
-use crate::extract::{BearerHash, JsonBody, PathId};
-use crate::validate::Fields;
+use crate::extract::{self, BearerHash, PathId, RawBody};
 use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -31,17 +30,9 @@ async fn progress(
     State(state): State<AppState>,
     PathId(id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let mut f = Fields::new(&body, &["phase", "message"]);
-    let phase = f.string("phase", true, 32);
-    if let Some(p) = &phase {
-        if !matches!(p.as_str(), "reasoning" | "executing" | "validating") {
-            f.problem("phase", "must be reasoning, executing or validating");
-        }
-    }
-    let message = f.string("message", false, 4096);
-    let phase = f.finish(phase).map_err(ApiError::invalid)?;
+    let (phase, message) = extract::accept(&body, intake::progress)?;
     let info = state
         .engine
         .progress(AssignmentId(id), token_hash, phase, message)
@@ -53,14 +44,9 @@ async fn complete(
     State(state): State<AppState>,
     PathId(id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let mut f = Fields::new(&body, &["outputs"]);
-    let outputs = f.raw("outputs").cloned();
-    if outputs.is_none() && body.is_object() {
-        f.problem("outputs", "required");
-    }
-    let outputs = f.finish(outputs).map_err(ApiError::invalid)?;
+    let outputs = extract::accept(&body, intake::complete)?;
     let info = state
         .engine
         .complete(AssignmentId(id), token_hash, outputs)
@@ -72,12 +58,9 @@ async fn fail(
     State(state): State<AppState>,
     PathId(id): PathId,
     BearerHash(token_hash): BearerHash,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let mut f = Fields::new(&body, &["error", "retryable"]);
-    let error = f.string("error", true, 16_384);
-    let retryable = f.boolean("retryable").unwrap_or(true);
-    let error = f.finish(error).map_err(ApiError::invalid)?;
+    let (error, retryable) = extract::accept(&body, intake::fail)?;
     let info = state
         .engine
         .fail(AssignmentId(id), token_hash, error, retryable)

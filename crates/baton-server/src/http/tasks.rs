@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::convert;
-use crate::extract::{JsonBody, PathId};
-use crate::validate::{self, Fields};
+use crate::extract::{self, PathId, RawBody};
 use crate::{ApiError, AppState};
+use baton_engine::intake;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -32,10 +32,12 @@ pub fn router() -> Router<AppState> {
 
 async fn accept(
     state: &AppState,
-    body: serde_json::Value,
+    body: RawBody,
     execute: bool,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
-    let new = validate::submission(&body, execute, now_ms()).map_err(ApiError::invalid)?;
+    let new = extract::accept(&body, |req, issues| {
+        intake::submission(req, execute, issues)
+    })?;
     Ok(match state.engine.submit(new).await? {
         Submitted::Created(s) => (StatusCode::CREATED, Json(convert::planned(&s))),
         Submitted::Existing(s) => (StatusCode::OK, Json(convert::planned(&s))),
@@ -44,56 +46,26 @@ async fn accept(
 
 async fn orchestrate(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
     accept(&state, body, false).await
 }
 
 async fn submit(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
     accept(&state, body, true).await
 }
-
-/// Most tasks one batch may carry.
-const MAX_BATCH: usize = 1000;
 
 /// `POST /tasks/batch`: every task is validated first (one 400 lists every bad field, and
 /// nothing is created); then each is submitted as `POST /tasks` would, all in one commit when
 /// the engine can, and the answer lists each outcome in order.
 async fn submit_batch(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::SubmitBatchReply>, ApiError> {
-    let mut f = Fields::new(&body, &["tasks", "execute"]);
-    let execute = f.boolean("execute").unwrap_or(true);
-    let list = match f.raw("tasks") {
-        Some(serde_json::Value::Array(list)) if !list.is_empty() && list.len() <= MAX_BATCH => {
-            list.as_slice()
-        }
-        Some(_) => {
-            f.problem("tasks", format!("must be a list of 1 to {MAX_BATCH} tasks"));
-            &[]
-        }
-        None => {
-            f.problem("tasks", "required");
-            &[]
-        }
-    };
-    let now = now_ms();
-    let mut tasks = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        match validate::submission(item, execute, now) {
-            Ok(task) => tasks.push(task),
-            Err(issues) => {
-                for issue in issues {
-                    f.problem(&format!("tasks[{i}].{}", issue.field), issue.issue);
-                }
-            }
-        }
-    }
-    let tasks = f.finish(Some(tasks)).map_err(ApiError::invalid)?;
+    let tasks = extract::accept(&body, intake::batch)?;
     let answers =
         futures::future::join_all(tasks.into_iter().map(|t| state.engine.submit(t))).await;
     let tasks = answers
@@ -125,21 +97,9 @@ async fn submit_batch(
 async fn execute(
     State(state): State<AppState>,
     PathId(task_id): PathId,
-    JsonBody(body): JsonBody,
+    body: RawBody,
 ) -> Result<Json<api::TaskStatusReply>, ApiError> {
-    let mut f = Fields::new(&body, &["execution_mode", "checkpoints"]);
-    if let Some(mode) = f.string("execution_mode", false, 16) {
-        if mode != "auto" {
-            f.problem(
-                "execution_mode",
-                "only \"auto\" is supported (manual approval comes with governance)",
-            );
-        }
-    }
-    if f.raw("checkpoints").is_some() {
-        f.problem("checkpoints", "checkpoints are not supported yet");
-    }
-    f.finish(Some(())).map_err(ApiError::invalid)?;
+    extract::accept(&body, intake::execute)?;
     let task_id = TaskId(task_id);
     let status = or_finished(
         &state,

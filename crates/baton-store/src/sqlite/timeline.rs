@@ -7,12 +7,15 @@
 //!   arithmetic, so every `i64` comes back exact;
 //! - `subtask` is `[capability, n]` for the usual `<capability>::<task_id>::<n>` (the task id is
 //!   the row's key) and the id itself otherwise;
-//! - trailing `null`s are left out.
+//! - trailing `null`s are left out;
+//! - what changed is told by the names: no subtask means the task's status, a subtask state
+//!   name means the subtask's state, and a phase name an agent's phase (the three sets of
+//!   names are disjoint where they meet).
 //!
 //! Invariant: decoding a row with its task id gives back exactly the events encoded into it,
 //! in order.
 
-use baton_core::{AgentId, Event, SubtaskId, TaskId};
+use baton_core::{AgentId, Change, Event, Phase, SubtaskId, SubtaskState, TaskId, TaskStatus};
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -29,13 +32,14 @@ pub(super) fn encode<'a>(
         if n > 0 {
             out.push(b',');
         }
+        let (from, to) = e.change.names();
         let stored = Stored {
             at: e.at.wrapping_sub(previous_at),
-            to: e.to.as_str(),
-            from: e.from.as_deref(),
+            to,
+            from,
             subtask: e
-                .subtask_id
-                .as_ref()
+                .change
+                .subtask_id()
                 .map(|s| StoredSubtask::of(s.as_str(), e.task_id.as_str())),
             agent: e.agent.as_ref().map(AgentId::as_str),
             note: e.note.as_deref(),
@@ -55,25 +59,59 @@ pub(super) fn decode(
 ) -> serde_json::Result<()> {
     let stored: Vec<Stored<String>> = serde_json::from_str(items)?;
     let mut previous_at = 0i64;
-    timeline.extend(stored.into_iter().map(|s| {
+    timeline.reserve(stored.len());
+    for s in stored {
         let at = previous_at.wrapping_add(s.at);
         previous_at = at;
-        Event {
+        let subtask_id = s.subtask.map(|sub| match sub {
+            StoredSubtask::Verbatim(id) => SubtaskId(id),
+            StoredSubtask::InTask(capability, n) => {
+                SubtaskId(format!("{capability}::{task_id}::{n}"))
+            }
+        });
+        let change = change(subtask_id, s.from.as_deref(), &s.to).ok_or_else(|| {
+            <serde_json::Error as de::Error>::custom(format!(
+                "unknown change {:?} -> {:?}",
+                s.from, s.to
+            ))
+        })?;
+        timeline.push(Event {
             task_id: task_id.clone(),
             at,
-            subtask_id: s.subtask.map(|sub| match sub {
-                StoredSubtask::Verbatim(id) => SubtaskId(id),
-                StoredSubtask::InTask(capability, n) => {
-                    SubtaskId(format!("{capability}::{task_id}::{n}"))
-                }
-            }),
-            from: s.from,
-            to: s.to,
+            change,
             agent: s.agent.map(AgentId),
             note: s.note,
-        }
-    }));
+        });
+    }
     Ok(())
+}
+
+/// The typed change a stored `(subtask, from, to)` names, if the names are known.
+fn change(subtask_id: Option<SubtaskId>, from: Option<&str>, to: &str) -> Option<Change> {
+    let Some(subtask_id) = subtask_id else {
+        let from = from.map(TaskStatus::parse);
+        return Some(Change::Task {
+            from: from.map(|f| f.ok_or(())).transpose().ok()?,
+            to: TaskStatus::parse(to)?,
+        });
+    };
+    if let Some(to) = SubtaskState::parse(to) {
+        let from = SubtaskState::parse(from?)?;
+        return Some(Change::Subtask {
+            subtask_id,
+            from,
+            to,
+        });
+    }
+    let from = match from {
+        None => None,
+        Some(f) => Some(Phase::parse(f)?),
+    };
+    Some(Change::Phase {
+        subtask_id,
+        from,
+        to: Phase::parse(to)?,
+    })
 }
 
 /// One event as stored, its strings borrowed (`&str`, encoding) or owned (`String`, decoding).
@@ -177,15 +215,24 @@ impl<'de> Visitor<'de> for StoredVisitor {
 mod tests {
     use super::*;
 
-    fn event(task_id: &str, at: i64, to: &str) -> Event {
+    fn task_event(task_id: &str, at: i64, to: TaskStatus) -> Event {
         Event {
             task_id: TaskId::from(task_id),
             at,
-            subtask_id: None,
-            from: None,
-            to: to.into(),
+            change: Change::Task { from: None, to },
             agent: None,
             note: None,
+        }
+    }
+
+    fn sub_event(task_id: &str, at: i64, subtask: &str) -> Event {
+        Event {
+            change: Change::Subtask {
+                subtask_id: SubtaskId::from(subtask),
+                from: SubtaskState::Ready,
+                to: SubtaskState::Assigned,
+            },
+            ..task_event(task_id, at, TaskStatus::Running)
         }
     }
 
@@ -202,12 +249,10 @@ mod tests {
     fn common_events_are_compact() {
         let t = "task-1";
         let events = vec![
-            event(t, 1_700_000_000_000, "planned"),
+            task_event(t, 1_700_000_000_000, TaskStatus::Planned),
             Event {
-                subtask_id: Some(SubtaskId::from("code::task-1::2")),
-                from: Some("ready".into()),
                 agent: Some(AgentId::from("ag-1")),
-                ..event(t, 1_700_000_000_005, "assigned")
+                ..sub_event(t, 1_700_000_000_005, "code::task-1::2")
             },
         ];
         let (items, decoded) = round_trip(t, &events);
@@ -222,11 +267,17 @@ mod tests {
     fn every_value_comes_back_exact() {
         let t = "t::x";
         let full = |at, subtask: &str| Event {
-            subtask_id: Some(SubtaskId::from(subtask)),
-            from: Some(String::new()),
             agent: Some(AgentId::from("ägent \"q\"")),
             note: Some("line\nnull 🚀".into()),
-            ..event(t, at, "")
+            ..sub_event(t, at, subtask)
+        };
+        let phase = |from, to| Event {
+            change: Change::Phase {
+                subtask_id: SubtaskId::from("a::t::x::1"),
+                from,
+                to,
+            },
+            ..task_event(t, 9, TaskStatus::Running)
         };
         let events = vec![
             full(i64::MAX, "a::t::x::1"),
@@ -237,16 +288,21 @@ mod tests {
             full(7, "a::b::t::x::1"),
             Event {
                 note: Some("only a note".into()),
-                ..event(t, 3, "x")
+                ..task_event(t, 3, TaskStatus::Completed)
             },
             Event {
                 agent: Some(AgentId::from("only an agent")),
-                ..event(t, 3, "x")
+                ..task_event(t, 3, TaskStatus::Failed)
             },
             Event {
-                from: Some("only from".into()),
-                ..event(t, -3, "x")
+                change: Change::Task {
+                    from: Some(TaskStatus::Planned),
+                    to: TaskStatus::Running,
+                },
+                ..task_event(t, -3, TaskStatus::Running)
             },
+            phase(None, Phase::Reasoning),
+            phase(Some(Phase::Reasoning), Phase::Validating),
         ];
         let (_, decoded) = round_trip(t, &events);
         assert_eq!(decoded, events);
@@ -266,6 +322,12 @@ mod tests {
             r#"[[1,"x",null,null,null,null,null]]"#,
             r#"[[1,"x",null,["a"]]]"#,
             r#"[[1,"x",null,7]]"#,
+            // Names that are no state or phase of what they are about.
+            r#"[[1,"x"]]"#,
+            r#"[[1,"running","x"]]"#,
+            r#"[[1,"assigned",null,["a","1"]]]"#,
+            r#"[[1,"sleeping",null,["a","1"]]]"#,
+            r#"[[1,"running","reasoning",["a","1"]]]"#,
         ] {
             let mut out = Vec::new();
             assert!(

@@ -129,7 +129,7 @@ fn insert_tasks(tx: &Connection, tasks: &[Task]) -> Result<()> {
             t.finished_at,
             Json(t.result.as_ref()),
         ])
-        .map_err(|e| Error::Backend(format!("inserting task {}: {e}", t.task_id)))?;
+        .map_err(|e| Error::backend(format!("inserting task {}", t.task_id), e))?;
     }
     Ok(())
 }
@@ -155,7 +155,7 @@ fn insert_subtasks(tx: &Connection, subtasks: &[Subtask]) -> Result<()> {
             s.error,
             s.updated_at,
         ])
-        .map_err(|e| Error::Backend(format!("inserting subtask {}: {e}", s.subtask_id)))?;
+        .map_err(|e| Error::backend(format!("inserting subtask {}", s.subtask_id), e))?;
     }
     Ok(())
 }
@@ -181,7 +181,9 @@ fn update_tasks(tx: &Connection, updates: &[TaskUpdate]) -> Result<()> {
             Json(result.as_ref()),
         ])?;
         if changed != 1 {
-            return Err(Error::Backend(format!("update of unknown task {task_id}")));
+            return Err(Error::backend_msg(format!(
+                "update of unknown task {task_id}"
+            )));
         }
     }
     Ok(())
@@ -218,7 +220,7 @@ fn update_subtasks(tx: &Connection, updates: &[SubtaskUpdate]) -> Result<()> {
             updated_at,
         ])?;
         if changed != 1 {
-            return Err(Error::Backend(format!(
+            return Err(Error::backend_msg(format!(
                 "update of unknown subtask {subtask_id} (task {task_id}, index {index})"
             )));
         }
@@ -255,7 +257,7 @@ fn append_events(tx: &Connection, events: &[Event]) -> Result<()> {
         return Ok(());
     }
     if tx.prepare_cached(BUMP_COMMIT_NO)?.execute([])? != 1 {
-        return Err(Error::Corrupt("the event_commits row is missing".into()));
+        return Err(Error::corrupt_msg("the event_commits row is missing"));
     }
     let commit_no: i64 = tx
         .prepare_cached(READ_COMMIT_NO)?
@@ -303,7 +305,7 @@ fn append_events(tx: &Connection, events: &[Event]) -> Result<()> {
             .iter()
             .map(|&i| &events[i]);
         timeline::encode(of_task, &mut items)
-            .map_err(|e| Error::Backend(format!("encoding events of {task_id}: {e}")))?;
+            .map_err(|e| Error::backend(format!("encoding events of {task_id}"), e))?;
         stmt.execute(params![task_id, commit_no, JsonText(&items)])?;
     }
     Ok(())
@@ -333,11 +335,11 @@ impl ToSql for JsonText<'_> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Backend(format!("encoding json: {e}")))
+    serde_json::to_string(value).map_err(|e| Error::backend("encoding json", e))
 }
 
 fn to_i64(value: u64, field: &str) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::Backend(format!("{field} {value} exceeds i64")))
+    i64::try_from(value).map_err(|_| Error::backend_msg(format!("{field} {value} exceeds i64")))
 }
 
 #[cfg(test)]

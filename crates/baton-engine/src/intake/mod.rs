@@ -1,0 +1,509 @@
+//! The one intake of every transport: a request arrives as JSON bytes (HTTP today; a managed
+//! child's stdio, NATS, A2A and MCP later), is read into its `baton-api` type ([`json`]), and
+//! its rules turn it into what the engine takes (a planned [`NewTask`], an [`AgentSpec`], a
+//! lease request, ...), listing every problem at once.
+//!
+//! Invariants:
+//! - A transport never checks fields itself: it calls [`accept`] with the request's rule
+//!   function from this module, and answers a [`Rejection`] as its protocol says (HTTP: 400).
+//! - What is accepted is exactly what the wire type deserializes (`deny_unknown_fields`) and
+//!   the rules below allow; nothing is sent to the engine loop before all of it passed.
+//! - The idempotency form of a submission ([`canonical`]) is computed from the typed request,
+//!   so two bodies that mean the same request compare equal.
+
+pub mod json;
+
+use baton_api as api;
+use baton_core::ids::check_name;
+use baton_core::plan::{Plan, PlanStep};
+use baton_core::{planner, AssignmentId, Millis, Phase, Priority, TaskId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+pub use json::{Issues, Rejection};
+
+use crate::handle::{AgentSpec, AttemptOutcome};
+
+const MAX_TITLE: usize = 500;
+const MAX_DESCRIPTION: usize = 20_000;
+const MAX_TASK_TYPE: usize = 128;
+const MAX_AGENT_NAME: usize = 128;
+const MAX_AGENT_KIND: usize = 64;
+const MAX_CONCURRENCY: u32 = 1024;
+const MAX_CAPABILITIES: usize = 64;
+const MAX_LEASE_BATCH: u32 = 1024;
+const MAX_LEASE_WAIT_MS: u64 = 3_600_000;
+const MAX_HELD: usize = 10_000;
+const MAX_MESSAGE: usize = 4096;
+const MAX_ERROR: usize = 16_384;
+const MAX_ASSIGNMENT_ID: usize = 256;
+/// Most tasks one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Most results one results call may carry.
+pub const MAX_RESULTS: usize = 4096;
+
+/// A task the intake accepted: validated and planned, waiting for the engine to give it a
+/// sequence number (and an id, when the client chose none) and create its subtasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    /// The client's id (the idempotency key); `None` lets the engine make one.
+    pub task_id: Option<TaskId>,
+    pub title: String,
+    pub description: String,
+    pub task_type: Option<String>,
+    pub priority: Priority,
+    /// `metadata.due_date`, when given.
+    pub due_at: Option<Millis>,
+    /// The request in canonical form: equal requests are equal strings.
+    pub request: String,
+    pub plan: Plan,
+    /// Start right away (`POST /tasks`), or only plan (`POST /orchestrate`).
+    pub execute: bool,
+}
+
+/// What a lease call asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub max: u32,
+    pub wait_ms: u64,
+    pub held: Option<Vec<AssignmentId>>,
+}
+
+/// Read `bytes` as a `T` and apply `rules` to it: the accepted value, or every problem.
+/// `rules` reports each problem it finds to the [`Issues`] (and may return `None` then).
+pub fn accept<T: DeserializeOwned + Serialize, O>(
+    bytes: &[u8],
+    rules: impl FnOnce(T, &mut Issues) -> Option<O>,
+) -> Result<O, Rejection> {
+    let (value, mut issues) = json::read::<T>(bytes)?;
+    let out = value.and_then(|v| rules(v, &mut issues));
+    match out {
+        Some(o) if issues.is_empty() => Ok(o),
+        _ => {
+            if issues.is_empty() {
+                issues.add("body", "invalid request");
+            }
+            Err(Rejection::Invalid(issues.into_vec()))
+        }
+    }
+}
+
+/// `POST /orchestrate` (`execute: false`) and `POST /tasks` (`execute: true`).
+pub fn submission(req: api::SubmitTask, execute: bool, issues: &mut Issues) -> Option<NewTask> {
+    let request = canonical(&serde_json::to_value(&req).unwrap_or(Value::Null));
+    let api::SubmitTask {
+        task_id,
+        title,
+        description,
+        priority,
+        task_type,
+        metadata,
+        payload: _,
+        plan,
+    } = req;
+    if let Some(id) = &task_id {
+        name(issues, "task_id", id, false);
+    }
+    text(issues, "title", &title, MAX_TITLE);
+    text(issues, "description", &description, MAX_DESCRIPTION);
+    if let Some(t) = &task_type {
+        if t.chars().count() > MAX_TASK_TYPE {
+            issues.add(
+                "task_type",
+                format!("must be at most {MAX_TASK_TYPE} characters"),
+            );
+        } else {
+            name(issues, "task_type", t, true);
+        }
+    }
+    let priority = match priority {
+        None => Priority::default(),
+        Some(p) => {
+            let parsed = match &p {
+                api::PriorityInput::Name(s) => Priority::parse(s),
+                api::PriorityInput::Number(n) => Priority::new(*n),
+            };
+            parsed.unwrap_or_else(|| {
+                issues.add("priority", "must be low, normal, high, critical or 1-10");
+                Priority::default()
+            })
+        }
+    };
+    let due_at = match metadata {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(meta)) => match meta.get("due_date") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => parse_due(s).or_else(|| {
+                issues.add(
+                    "metadata.due_date",
+                    "must be a date (YYYY-MM-DD) or an RFC 3339 date-time",
+                );
+                None
+            }),
+            Some(_) => {
+                issues.add("metadata.due_date", "must be a string");
+                None
+            }
+        },
+        Some(_) => {
+            issues.add("metadata", "must be an object");
+            None
+        }
+    };
+    let plan = match plan {
+        Some(p) => client_plan(p, issues),
+        None => Some(planner::plan(task_type.as_deref(), &title, &description)),
+    };
+    if !issues.is_empty() {
+        return None;
+    }
+    Some(NewTask {
+        task_id: task_id.map(TaskId),
+        title,
+        description,
+        task_type,
+        priority,
+        due_at,
+        request,
+        plan: plan?,
+        execute,
+    })
+}
+
+/// `POST /tasks/batch`: every task checked (problems under `tasks[i]`), nothing accepted
+/// unless all are.
+pub fn batch(req: api::SubmitBatch, issues: &mut Issues) -> Option<Vec<NewTask>> {
+    let execute = req.execute.unwrap_or(true);
+    if req.tasks.is_empty() || req.tasks.len() > MAX_BATCH {
+        issues.add("tasks", format!("must be a list of 1 to {MAX_BATCH} tasks"));
+        return None;
+    }
+    let mut out = Vec::with_capacity(req.tasks.len());
+    for (i, task) in req.tasks.into_iter().enumerate() {
+        let mut own = Issues::default();
+        match submission(task, execute, &mut own) {
+            Some(t) if own.is_empty() => out.push(t),
+            _ => issues.extend_under(&format!("tasks[{i}]"), own),
+        }
+    }
+    issues.is_empty().then_some(out)
+}
+
+/// A client plan: each step's shape was checked by its type; here its input must be an
+/// object, and the graph must be valid (see [`Plan::validate`]).
+fn client_plan(plan: api::ClientPlan, issues: &mut Issues) -> Option<Plan> {
+    let mut steps = Vec::with_capacity(plan.subtasks.len());
+    let mut ok = true;
+    for (i, step) in plan.subtasks.into_iter().enumerate() {
+        let input = match step.input {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => {
+                issues.add(format!("plan.subtasks[{i}].input"), "must be an object");
+                ok = false;
+                Map::new()
+            }
+        };
+        steps.push(PlanStep {
+            key: step.id,
+            capability: step.capability,
+            depends_on: step.depends_on,
+            input,
+        });
+    }
+    let plan = Plan { steps };
+    for problem in plan.validate("plan") {
+        issues.add(problem.field, problem.issue);
+        ok = false;
+    }
+    ok.then_some(plan)
+}
+
+/// `POST /execute/{task_id}`.
+pub fn execute(req: api::ExecuteRequest, issues: &mut Issues) -> Option<()> {
+    if let Some(mode) = req.execution_mode.filter(|m| m != "auto") {
+        let _ = mode;
+        issues.add(
+            "execution_mode",
+            "only \"auto\" is supported (manual approval comes with governance)",
+        );
+    }
+    if req.checkpoints.is_some() {
+        issues.add("checkpoints", "checkpoints are not supported yet");
+    }
+    issues.is_empty().then_some(())
+}
+
+/// `POST /agents`.
+pub fn registration(req: api::RegisterAgent, issues: &mut Issues) -> Option<AgentSpec> {
+    text(issues, "name", &req.name, MAX_AGENT_NAME);
+    let kind = req.kind.unwrap_or_else(|| "remote".into());
+    if kind.chars().count() > MAX_AGENT_KIND {
+        issues.add(
+            "type",
+            format!("must be at most {MAX_AGENT_KIND} characters"),
+        );
+    }
+    if req.capabilities.is_empty() {
+        issues.add("capabilities", "must contain at least one entry");
+    }
+    let capabilities = names(issues, "capabilities", req.capabilities, true);
+    let domains = names(issues, "domains", req.domains, false);
+    let max_concurrency = req.max_concurrency.unwrap_or(4);
+    if !(1..=MAX_CONCURRENCY).contains(&max_concurrency) {
+        issues.add(
+            "max_concurrency",
+            format!("must be an integer from 1 to {MAX_CONCURRENCY}"),
+        );
+    }
+    issues.is_empty().then_some(AgentSpec {
+        name: req.name,
+        kind,
+        capabilities,
+        domains,
+        max_concurrency,
+    })
+}
+
+/// `POST /agents/{id}/lease`.
+pub fn lease(req: api::LeaseRequest, issues: &mut Issues) -> Option<LeaseAsk> {
+    let max = req.max.unwrap_or(1);
+    if !(1..=MAX_LEASE_BATCH).contains(&max) {
+        issues.add(
+            "max",
+            format!("must be an integer from 1 to {MAX_LEASE_BATCH}"),
+        );
+    }
+    let wait_ms = req.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_LEASE_WAIT_MS {
+        issues.add(
+            "wait_ms",
+            format!("must be an integer from 0 to {MAX_LEASE_WAIT_MS}"),
+        );
+    }
+    let held = held(issues, req.held);
+    issues.is_empty().then_some(LeaseAsk { max, wait_ms, held })
+}
+
+/// `POST /agents/{id}/heartbeat`: the assignments it holds, when it says.
+pub fn heartbeat(
+    req: api::HeartbeatRequest,
+    issues: &mut Issues,
+) -> Option<Option<Vec<AssignmentId>>> {
+    let held = held(issues, req.held);
+    issues.is_empty().then_some(held)
+}
+
+/// `POST /assignments/{id}/progress`: the phase and an optional message.
+pub fn progress(req: api::ProgressRequest, issues: &mut Issues) -> Option<(Phase, Option<String>)> {
+    if let Some(m) = &req.message {
+        if m.chars().count() > MAX_MESSAGE {
+            issues.add(
+                "message",
+                format!("must be at most {MAX_MESSAGE} characters"),
+            );
+        }
+    }
+    let phase = match req.phase {
+        api::Phase::Reasoning => Phase::Reasoning,
+        api::Phase::Executing => Phase::Executing,
+        api::Phase::Validating => Phase::Validating,
+    };
+    issues.is_empty().then_some((phase, req.message))
+}
+
+/// `POST /assignments/{id}/complete`: the outputs.
+pub fn complete(req: api::CompleteRequest, issues: &mut Issues) -> Option<Value> {
+    if req.outputs.is_null() {
+        issues.add("outputs", "required (null is no output)");
+        return None;
+    }
+    Some(req.outputs)
+}
+
+/// `POST /assignments/{id}/fail`: the error and whether it is retryable.
+pub fn fail(req: api::FailRequest, issues: &mut Issues) -> Option<(String, bool)> {
+    text(issues, "error", &req.error, MAX_ERROR);
+    issues.is_empty().then_some((req.error, req.retryable))
+}
+
+/// `POST /agents/{id}/results`: each result, and what the agent still holds.
+pub type Results = (
+    Vec<(AssignmentId, AttemptOutcome)>,
+    Option<Vec<AssignmentId>>,
+);
+
+/// `POST /agents/{id}/results`.
+pub fn results(req: api::ResultsRequest, issues: &mut Issues) -> Option<Results> {
+    if req.results.is_empty() || req.results.len() > MAX_RESULTS {
+        issues.add(
+            "results",
+            format!("must be a list of 1 to {MAX_RESULTS} results"),
+        );
+    }
+    let mut items = Vec::with_capacity(req.results.len());
+    for (i, item) in req.results.into_iter().enumerate() {
+        let at = |field: &str| format!("results[{i}].{field}");
+        text(
+            issues,
+            &at("assignment_id"),
+            &item.assignment_id,
+            MAX_ASSIGNMENT_ID,
+        );
+        let outcome = match (item.outputs.filter(|o| !o.is_null()), item.error) {
+            (Some(outputs), None) if item.retryable.is_none() => Ok(outputs),
+            (None, Some(error)) => {
+                text(issues, &at("error"), &error, MAX_ERROR);
+                Err((error, item.retryable.unwrap_or(true)))
+            }
+            (Some(_), None) => {
+                issues.add(at("retryable"), "only a failure (error) is retryable");
+                continue;
+            }
+            _ => {
+                issues.add(at("outputs"), "give either outputs or error");
+                continue;
+            }
+        };
+        items.push((AssignmentId(item.assignment_id), outcome));
+    }
+    let held = held(issues, req.held);
+    issues.is_empty().then_some((items, held))
+}
+
+fn held(issues: &mut Issues, held: Option<Vec<String>>) -> Option<Vec<AssignmentId>> {
+    let held = held?;
+    if held.len() > MAX_HELD {
+        issues.add(
+            "held",
+            format!("must be a list of at most {MAX_HELD} assignment ids"),
+        );
+    }
+    Some(held.into_iter().map(AssignmentId).collect())
+}
+
+/// A required, non-blank string of at most `max` characters.
+fn text(issues: &mut Issues, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        issues.add(field, "must not be empty");
+    } else if value.chars().count() > max {
+        issues.add(field, format!("must be at most {max} characters"));
+    }
+}
+
+/// An identifier (see [`check_name`]).
+fn name(issues: &mut Issues, field: &str, value: &str, forbid_colon: bool) {
+    if let Some(problem) = check_name(value, forbid_colon) {
+        issues.add(field, problem);
+    }
+}
+
+/// A list of names, deduplicated in order.
+fn names(issues: &mut Issues, field: &str, list: Vec<String>, forbid_colon: bool) -> Vec<String> {
+    if list.len() > MAX_CAPABILITIES {
+        issues.add(field, format!("at most {MAX_CAPABILITIES} entries"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        match check_name(&item, forbid_colon) {
+            Some(problem) => issues.add(format!("{field}[{i}]"), problem),
+            None if out.contains(&item) => {}
+            None => out.push(item),
+        }
+    }
+    out
+}
+
+/// The end of a due date: a date means the end of that day (UTC).
+fn parse_due(s: &str) -> Option<Millis> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Some((t.unix_timestamp_nanos() / 1_000_000) as Millis);
+    }
+    let date = time::Date::parse(s, format_description!("[year]-[month]-[day]")).ok()?;
+    let end = date.with_hms_milli(23, 59, 59, 999).ok()?.assume_utc();
+    Some((end.unix_timestamp_nanos() / 1_000_000) as Millis)
+}
+
+/// JSON with object keys sorted at every level: equal requests give equal strings.
+pub fn canonical(value: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sorted(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn submit(body: Value) -> Result<NewTask, Vec<String>> {
+        accept(body.to_string().as_bytes(), |r, i| submission(r, false, i)).map_err(|e| match e {
+            Rejection::Invalid(list) => list.into_iter().map(|i| i.field).collect(),
+            Rejection::Malformed(m) => vec![m],
+        })
+    }
+
+    #[test]
+    fn a_good_submission_is_planned() {
+        let new = submit(
+            json!({"task_id": "t-1", "title": "Blog", "description": "AI ethics",
+                    "task_type": "create_blog_post", "priority": "high",
+                    "metadata": {"due_date": "2025-11-22"}}),
+        )
+        .unwrap();
+        assert_eq!(new.plan.steps.len(), 5);
+        assert_eq!(new.priority, Priority::HIGH);
+        assert_eq!(new.task_id, Some(TaskId::from("t-1")));
+        assert_eq!(new.due_at, parse_due("2025-11-22T23:59:59.999Z"));
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let fields = submit(json!({"task_id": "bad id", "title": "", "priority": 11,
+                    "metadata": {"due_date": "soon"},
+                    "plan": {"subtasks": [{"id": "a"}]}, "bogus": 1}))
+        .unwrap_err();
+        for f in [
+            "task_id",
+            "title",
+            "description",
+            "priority",
+            "metadata.due_date",
+            "plan.subtasks[0].capability",
+            "bogus",
+        ] {
+            assert!(fields.contains(&f.to_owned()), "{f} not in {fields:?}");
+        }
+        assert_eq!(
+            submit(json!({"task_id": "..", "title": "t", "description": "d"})).unwrap_err(),
+            ["task_id"]
+        );
+    }
+
+    #[test]
+    fn canonical_form_ignores_key_order_and_absent_nulls() {
+        let a = submit(json!({"title": "t", "description": "d", "task_type": null,
+                              "metadata": {"b": 1, "a": [{"y": 1, "x": 2}]}}))
+        .unwrap();
+        let b = submit(json!({"metadata": {"a": [{"x": 2, "y": 1}], "b": 1},
+                              "description": "d", "title": "t"}))
+        .unwrap();
+        assert_eq!(a.request, b.request);
+    }
+}
