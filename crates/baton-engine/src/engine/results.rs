@@ -280,11 +280,18 @@ impl Engine {
             (asg.seq, asg.idx, asg.a.agent_id.clone(), asg.a.attempt);
         let (state, retryable, note) = match loss {
             Loss::Failed { error, retryable } => (AssignmentState::Failed, retryable, error),
-            Loss::LeaseExpired => (
-                AssignmentState::Lost,
-                true,
-                "lease expired: no heartbeat from the agent".to_owned(),
-            ),
+            Loss::LeaseExpired => {
+                let acknowledged = self
+                    .sub(seq, idx)
+                    .is_some_and(|s| s.sub.state != SubtaskState::Assigned);
+                let why = if acknowledged {
+                    "lease expired: no heartbeat from the agent"
+                } else {
+                    "lease expired: the agent never acknowledged the assignment \
+                     (no progress, result or held naming it)"
+                };
+                (AssignmentState::Lost, true, why.to_owned())
+            }
             Loss::TimedOut(secs) => (
                 AssignmentState::Lost,
                 true,

@@ -1,0 +1,403 @@
+//! The engine's rules, scenario by scenario, on virtual time: a plan, a script of agent calls
+//! and clock moves, then the timeline the engine committed (an `insta` snapshot) and the
+//! answers it gave. Each runs in milliseconds; nothing sleeps.
+
+mod common;
+
+use std::sync::Arc;
+
+use baton_core::retry::RetryPolicy;
+use baton_core::{AgentStatus, AssignmentState};
+use baton_engine::{Error, ManualClock, Submitted};
+use common::{Scenario, LEASE_MS, START};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_diamond_releases_the_join_only_after_both_branches() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["plan", "build", "check"], 4).await;
+    s.submit(Scenario::task(
+        "diamond",
+        &[
+            ("a", "plan", &[]),
+            ("b", "build", &["a"]),
+            ("c", "check", &["a"]),
+            ("d", "plan", &["b", "c"]),
+        ],
+        "normal",
+    ))
+    .await;
+    let a = s.lease_one(&w).await;
+    assert_eq!(a.assignment.subtask_id.as_str(), "plan::diamond::1");
+    assert!(s.lease(&w, 4).await.is_empty(), "b and c wait for a");
+    s.advance(10).await;
+    s.complete(&w, &a, json!({"plan": "x"})).await.unwrap();
+    let mut bc = s.lease(&w, 4).await;
+    assert_eq!(bc.len(), 2, "b and c are released together");
+    bc.sort_by_key(|g| g.assignment.subtask_id.clone());
+    // Each gets the outputs of its direct dependency, and the task's brief.
+    assert_eq!(
+        bc[0].input["dependencies"],
+        json!({"plan::diamond::1": {"plan": "x"}})
+    );
+    assert_eq!(bc[0].input["brief"], "a scenario");
+    s.advance(10).await;
+    s.complete(&w, &bc[0], json!({"built": true}))
+        .await
+        .unwrap();
+    assert!(s.lease(&w, 4).await.is_empty(), "d still waits for c");
+    s.advance(10).await;
+    s.complete(&w, &bc[1], json!({"checked": true}))
+        .await
+        .unwrap();
+    let d = s.lease_one(&w).await;
+    assert_eq!(d.assignment.subtask_id.as_str(), "plan::diamond::2");
+    let deps = d.input["dependencies"].as_object().unwrap();
+    assert_eq!(deps.len(), 2);
+    s.complete(&w, &d, json!({})).await.unwrap();
+    assert_eq!(s.status("diamond").await, "completed");
+    insta::assert_snapshot!(s.timeline("diamond").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn ready_work_goes_by_priority_then_age() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 1).await;
+    for (id, priority) in [
+        ("old-normal", "normal"),
+        ("new-normal", "normal"),
+        ("low", "low"),
+        ("critical", "critical"),
+        ("high", "high"),
+    ] {
+        s.submit(Scenario::task(id, &[("only", "x", &[])], priority))
+            .await;
+        s.advance(1).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let g = s.lease_one(&w).await;
+        order.push(g.assignment.task_id.to_string());
+        s.complete(&w, &g, json!(null)).await.unwrap();
+    }
+    assert_eq!(
+        order,
+        ["critical", "high", "old-normal", "new-normal", "low"]
+    );
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_retried_on_another_agent_and_the_late_result_is_fenced() {
+    let mut s = Scenario::new().await;
+    let a = s.register("a", &["x"], 1).await;
+    let b = s.register("b", &["x"], 1).await;
+    s.submit(Scenario::task("lost", &[("only", "x", &[])], "normal"))
+        .await;
+    // `a` gets it (ties break by agent id; whichever it is, call it `first`).
+    let (first, second) = match s.lease(&a, 1).await.pop() {
+        Some(g) => ((a, g), b),
+        None => {
+            let g = s.lease_one(&b).await;
+            ((b, g), a)
+        }
+    };
+    let (first, grant) = first;
+    s.progress(&first, &grant).await.unwrap();
+    // `first` goes silent: one lease period later the attempt is lost.
+    s.advance(LEASE_MS - 1).await;
+    assert_eq!(s.status("lost").await, "running");
+    s.advance(1).await;
+    // After the backoff (500–1000 ms for the first retry) it is ready again, and the other
+    // agent gets it.
+    s.advance(1_000).await;
+    let retry = s.lease_one(&second).await;
+    assert_eq!(retry.assignment.attempt, 2);
+    // The late result of the lost attempt changes nothing.
+    let late = s.complete(&first, &grant, json!({"late": true})).await;
+    assert!(matches!(late, Err(Error::Conflict(_))), "{late:?}");
+    let revoked = s.heartbeat(&first, None).await.revoked;
+    assert_eq!(revoked, vec![grant.assignment.assignment_id.clone()]);
+    s.complete(&second, &retry, json!({"on": "time"}))
+        .await
+        .unwrap();
+    assert_eq!(s.status("lost").await, "completed");
+    let timeline = s.timeline("lost").await;
+    let timeline = timeline
+        .replace(&format!("[{}]", first.name), "[first]")
+        .replace(&format!("[{}]", second.name), "[second]");
+    insta::assert_snapshot!(timeline);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_with_seeded_jitter_then_fail() {
+    let clock = Arc::new(ManualClock::new(START));
+    let config = baton_engine::Config {
+        retry: RetryPolicy {
+            max_attempts: 4,
+            base_ms: 1_000,
+            max_ms: 30_000,
+        },
+        ..common::config(&clock)
+    };
+    let mut s = Scenario::with_config(config, clock).await;
+    let w = s.register("w", &["x"], 1).await;
+    s.submit(Scenario::task("flaky", &[("only", "x", &[])], "normal"))
+        .await;
+    let mut waits = Vec::new();
+    for attempt in 1..=4u32 {
+        let g = s.lease_one(&w).await;
+        assert_eq!(g.assignment.attempt, attempt);
+        s.fail(&w, &g, true).await.unwrap();
+        if attempt == 4 {
+            break;
+        }
+        let wait = last_retry_wait(&s.timeline("flaky").await);
+        let step = 1_000 << (attempt - 1);
+        assert!(
+            (step / 2..=step).contains(&wait),
+            "wait {wait} ms after attempt {attempt} is within [{}, {step}]",
+            step / 2
+        );
+        // The retry is offered exactly when the wait is over, not a millisecond earlier.
+        s.advance(wait - 1).await;
+        assert!(s.lease(&w, 1).await.is_empty(), "too early after {wait} ms");
+        s.advance(1).await;
+        waits.push(wait);
+    }
+    assert_eq!(s.status("flaky").await, "failed");
+    // The same seed gives the same schedule: the snapshot holds the exact waits.
+    insta::assert_snapshot!(s.timeline("flaky").await);
+    s.finish().await;
+}
+
+/// The wait in the note of the last `retry_wait` of a rendered timeline.
+fn last_retry_wait(timeline: &str) -> i64 {
+    let line = timeline
+        .lines()
+        .rfind(|l| l.contains("-> retry_wait"))
+        .expect("a retry_wait event");
+    let (_, rest) = line.split_once("retry in ").expect("a retry note");
+    rest.trim_end_matches(" ms)")
+        .parse()
+        .expect("a number of ms")
+}
+
+#[tokio::test]
+async fn a_subtask_over_its_timeout_is_retried_even_while_its_agent_heartbeats() {
+    let clock = Arc::new(ManualClock::new(START));
+    let config = baton_engine::Config {
+        subtask_timeout: std::time::Duration::from_secs(10),
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_ms: 100,
+            max_ms: 100,
+        },
+        ..common::config(&clock)
+    };
+    let mut s = Scenario::with_config(config, clock).await;
+    let w = s.register("w", &["x"], 1).await;
+    s.submit(Scenario::task("slow", &[("only", "x", &[])], "normal"))
+        .await;
+    let g = s.lease_one(&w).await;
+    let held = Some(vec![g.assignment.assignment_id.clone()]);
+    for _ in 0..3 {
+        s.advance(2_500).await;
+        let beat = s.heartbeat(&w, held.clone()).await;
+        assert!(beat.revoked.is_empty());
+    }
+    // 10 s after it was handed out, the attempt times out although its lease is fresh.
+    s.advance(2_500).await;
+    let beat = s.heartbeat(&w, held.clone()).await;
+    assert_eq!(beat.revoked, vec![g.assignment.assignment_id.clone()]);
+    s.advance(100).await;
+    let again = s.lease_one(&w).await;
+    assert_eq!(again.assignment.attempt, 2);
+    let held = Some(vec![again.assignment.assignment_id.clone()]);
+    s.advance(10_000).await;
+    s.heartbeat(&w, held).await;
+    // The last attempt timed out too: the subtask and the task fail.
+    assert_eq!(s.status("slow").await, "failed");
+    insta::assert_snapshot!(s.timeline("slow").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_task_revokes_its_running_assignments() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 4).await;
+    s.submit(Scenario::task(
+        "doomed",
+        &[
+            ("one", "x", &[]),
+            ("two", "x", &[]),
+            ("after", "x", &["one"]),
+        ],
+        "normal",
+    ))
+    .await;
+    let grants = s.lease(&w, 4).await;
+    assert_eq!(grants.len(), 2);
+    s.progress(&w, &grants[0]).await.unwrap();
+    s.advance(5).await;
+    assert_eq!(
+        s.engine.cancel("doomed".into()).await.unwrap(),
+        baton_core::TaskStatus::Cancelled
+    );
+    let mut revoked = s.heartbeat(&w, None).await.revoked;
+    revoked.sort();
+    let mut ids: Vec<_> = grants
+        .iter()
+        .map(|g| g.assignment.assignment_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(revoked, ids);
+    let late = s.complete(&w, &grants[0], json!(1)).await;
+    assert!(matches!(late, Err(Error::Conflict(_))), "{late:?}");
+    let info = s.agents().await;
+    assert_eq!(info[0].in_flight, 0, "the slots are free again");
+    assert_eq!(s.status("doomed").await, "cancelled");
+    insta::assert_snapshot!(s.timeline("doomed").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_blocked_subtask_starts_when_a_capable_agent_registers() {
+    let mut s = Scenario::new().await;
+    s.submit(Scenario::task(
+        "rare",
+        &[("only", "rare_skill", &[])],
+        "normal",
+    ))
+    .await;
+    s.advance(1_000).await;
+    let r = s.register("r", &["rare_skill"], 1).await;
+    let g = s.lease_one(&r).await;
+    s.complete(&r, &g, json!("done")).await.unwrap();
+    assert_eq!(s.status("rare").await, "completed");
+    insta::assert_snapshot!(s.timeline("rare").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_restarted_engine_resumes_mid_flight_from_the_store() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 2).await;
+    s.submit(Scenario::task(
+        "resume",
+        &[("a", "x", &[]), ("b", "x", &["a"]), ("c", "x", &[])],
+        "normal",
+    ))
+    .await;
+    let mut first = s.lease(&w, 2).await;
+    first.sort_by_key(|g| g.assignment.subtask_id.clone());
+    let (a, c) = (first[0].clone(), first[1].clone());
+    s.complete(&w, &a, json!({"a": 1})).await.unwrap();
+    let b = s.lease_one(&w).await;
+    s.progress(&w, &b).await.unwrap();
+    // `c` fails once: it waits for its retry when the engine goes down.
+    s.fail(&w, &c, true).await.unwrap();
+    s.advance(100).await;
+
+    let mut s = s.restart().await;
+    // The agent is known again with its token; `b`'s lease got a fresh period.
+    s.advance(LEASE_MS - 1).await;
+    s.complete(&w, &b, json!({"b": 2})).await.unwrap();
+    s.advance(1).await;
+    let c2 = s.lease_one(&w).await;
+    assert_eq!(c2.assignment.attempt, 2);
+    s.complete(&w, &c2, json!({"c": 3})).await.unwrap();
+    assert_eq!(s.status("resume").await, "completed");
+    insta::assert_snapshot!(s.timeline("resume").await);
+    let _ = &mut s;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_draining_agent_finishes_its_work_takes_no_more_and_stops() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 2).await;
+    s.submit(Scenario::task(
+        "drained",
+        &[("one", "x", &[]), ("two", "x", &["one"])],
+        "normal",
+    ))
+    .await;
+    let one = s.lease_one(&w).await;
+    let info = s.engine.drain(w.id.clone()).await.unwrap();
+    assert_eq!(info.agent.status, AgentStatus::Draining);
+    let refused = s.try_lease(&w, 1, None).await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    s.complete(&w, &one, json!(1)).await.unwrap();
+    let info = s.agents().await;
+    assert_eq!(info[0].agent.status, AgentStatus::Stopped);
+    // With no agent left for `x`, the next step waits blocked.
+    assert_eq!(s.status("drained").await, "running");
+    insta::assert_snapshot!(s.timeline("drained").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn an_assignment_its_agent_never_received_expires_although_the_agent_keeps_polling() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 1).await;
+    s.submit(Scenario::task("phantom", &[("only", "x", &[])], "normal"))
+        .await;
+    // The answer to this lease is lost on the way: the agent never learns of it.
+    let lost = s.lease_one(&w).await;
+    // A plain agent (no `held`) keeps polling and heartbeating every few seconds.
+    for _ in 0..(LEASE_MS / 5_000) {
+        s.advance(5_000).await;
+        assert!(s.lease(&w, 1).await.is_empty(), "its slot is taken");
+        s.heartbeat(&w, None).await;
+    }
+    // One lease period after it was handed out, the phantom has expired; after the backoff
+    // the work is offered again, to the same agent (the only one).
+    s.advance(1_000).await;
+    let again = s.lease_one(&w).await;
+    assert_eq!(again.assignment.attempt, 2);
+    assert_ne!(
+        again.assignment.assignment_id,
+        lost.assignment.assignment_id
+    );
+    // Acknowledged work (progress) is then kept alive by any call of the agent.
+    s.progress(&w, &again).await.unwrap();
+    for _ in 0..(2 * LEASE_MS / 5_000) {
+        s.advance(5_000).await;
+        s.heartbeat(&w, None).await;
+    }
+    s.complete(&w, &again, json!("ok")).await.unwrap();
+    assert_eq!(s.status("phantom").await, "completed");
+    insta::assert_snapshot!(s.timeline("phantom").await);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_result_for_a_finished_task_gets_the_same_answer_in_memory_and_from_the_store() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 1).await;
+    let Submitted::Created(_) = s
+        .submit(Scenario::task("once", &[("only", "x", &[])], "normal"))
+        .await
+    else {
+        panic!("new task");
+    };
+    let g = s.lease_one(&w).await;
+    let done = s.complete(&w, &g, json!({"v": 1})).await.unwrap();
+    assert_eq!(done.state, AssignmentState::Completed);
+    // Whether or not the task has left memory by now, the answers are the same.
+    for _ in 0..2 {
+        let same = s.complete(&w, &g, json!({"v": 1})).await.unwrap();
+        assert_eq!(same.state, AssignmentState::Completed);
+        let other = s.complete(&w, &g, json!({"v": 2})).await;
+        assert!(matches!(other, Err(Error::Conflict(_))), "{other:?}");
+        let progress = s.progress(&w, &g).await;
+        assert!(matches!(progress, Err(Error::Conflict(_))), "{progress:?}");
+        let fail = s.fail(&w, &g, true).await;
+        assert!(matches!(fail, Err(Error::Conflict(_))), "{fail:?}");
+        s.advance(1).await;
+    }
+    s.finish().await;
+}
