@@ -26,21 +26,33 @@ pub struct ServeArgs {
     /// Default per-subtask timeout, in seconds.
     #[arg(long, env = "AGENT_TIMEOUT_SECONDS", default_value_t = 300)]
     pub timeout_seconds: u64,
-    /// Attempts per subtask.
-    #[arg(long, env = "MAX_RETRIES", default_value_t = 3)]
-    pub max_retries: u32,
+    /// Attempts per subtask, the first included (the seed's name: "auto-retries (up to 3
+    /// attempts)"); 3 when neither this nor `--max-attempts` is given.
+    #[arg(long, env = "MAX_RETRIES")]
+    pub max_retries: Option<u32>,
+    /// The clearer name of `--max-retries`: total attempts per subtask. Wins when both are set.
+    #[arg(long, env = "MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
     /// Log as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
 }
 
 impl ServeArgs {
+    /// Total attempts per subtask: `--max-attempts`, else `--max-retries`, else 3.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+            .or(self.max_retries)
+            .unwrap_or(baton_core::model::DEFAULT_MAX_ATTEMPTS)
+            .max(1)
+    }
+
     pub fn engine_config(&self) -> baton_engine::Config {
         baton_engine::Config {
             lease: Duration::from_millis(self.lease_ms.max(1)),
             subtask_timeout: Duration::from_secs(self.timeout_seconds.max(1)),
             retry: RetryPolicy {
-                max_attempts: self.max_retries.max(1),
+                max_attempts: self.attempts(),
                 ..RetryPolicy::default()
             },
             ..baton_engine::Config::default()
@@ -89,4 +101,35 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn attempts(args: &[&str]) -> u32 {
+        let mut argv = vec!["baton"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).serve.attempts()
+    }
+
+    #[test]
+    fn max_retries_counts_attempts_and_max_attempts_is_its_clearer_alias() {
+        // Env vars of the machine running the tests would leak in; none of these set here.
+        if std::env::var_os("MAX_RETRIES").is_some() || std::env::var_os("MAX_ATTEMPTS").is_some() {
+            return;
+        }
+        assert_eq!(attempts(&[]), 3);
+        assert_eq!(attempts(&["--max-retries", "5"]), 5);
+        assert_eq!(attempts(&["--max-attempts", "2"]), 2);
+        assert_eq!(attempts(&["--max-retries", "5", "--max-attempts", "2"]), 2);
+        assert_eq!(attempts(&["--max-attempts", "0"]), 1);
+    }
 }

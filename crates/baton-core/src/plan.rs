@@ -1,5 +1,5 @@
-//! Plans: a DAG of steps, each naming a capability. Parsing from JSON, validation, and
-//! instantiation into subtasks with seed-shaped ids.
+//! Plans: a DAG of steps, each naming a capability. Validation, and instantiation into
+//! subtasks with seed-shaped ids. (Reading a plan from JSON is the engine's intake.)
 //!
 //! A valid plan has 1 to [`MAX_SUBTASKS`] steps, unique ids, a well-formed capability on every
 //! step, dependencies that name existing steps (not themselves), and no cycle. Every problem is
@@ -46,105 +46,6 @@ fn issue(field: impl Into<String>, issue: impl Into<String>) -> PlanIssue {
 }
 
 impl Plan {
-    /// Parse a client plan `{subtasks:[{id, capability, depends_on?, input?}]}` and validate it.
-    /// Field paths in the issues are prefixed with `prefix` (e.g. `plan`).
-    pub fn from_json(value: &Value, prefix: &str) -> Result<Plan, Vec<PlanIssue>> {
-        let mut issues = Vec::new();
-        let Some(obj) = value.as_object() else {
-            return Err(vec![issue(prefix, "must be an object with `subtasks`")]);
-        };
-        for key in obj.keys().filter(|k| k.as_str() != "subtasks") {
-            issues.push(issue(format!("{prefix}.{key}"), "unknown field"));
-        }
-        let Some(list) = obj.get("subtasks").and_then(Value::as_array) else {
-            issues.push(issue(
-                format!("{prefix}.subtasks"),
-                "required: a list of steps",
-            ));
-            return Err(issues);
-        };
-        let mut steps = Vec::with_capacity(list.len());
-        for (i, raw) in list.iter().enumerate() {
-            let at = format!("{prefix}.subtasks[{i}]");
-            let Some(step) = raw.as_object() else {
-                issues.push(issue(at, "must be an object"));
-                continue;
-            };
-            for key in step.keys() {
-                if !matches!(key.as_str(), "id" | "capability" | "depends_on" | "input") {
-                    issues.push(issue(format!("{at}.{key}"), "unknown field"));
-                }
-            }
-            let key = match step.get("id") {
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => {
-                    issues.push(issue(format!("{at}.id"), "must be a string"));
-                    String::new()
-                }
-                None => {
-                    issues.push(issue(format!("{at}.id"), "required"));
-                    String::new()
-                }
-            };
-            let capability = match step.get("capability") {
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => {
-                    issues.push(issue(format!("{at}.capability"), "must be a string"));
-                    String::new()
-                }
-                None => {
-                    issues.push(issue(format!("{at}.capability"), "required"));
-                    String::new()
-                }
-            };
-            let mut depends_on = Vec::new();
-            match step.get("depends_on") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(deps)) => {
-                    for (j, d) in deps.iter().enumerate() {
-                        match d.as_str() {
-                            Some(s) => depends_on.push(s.to_owned()),
-                            None => issues.push(issue(
-                                format!("{at}.depends_on[{j}]"),
-                                "must be a step id (string)",
-                            )),
-                        }
-                    }
-                }
-                Some(_) => issues.push(issue(
-                    format!("{at}.depends_on"),
-                    "must be a list of step ids",
-                )),
-            }
-            let input = match step.get("input") {
-                None | Some(Value::Null) => Map::new(),
-                Some(Value::Object(m)) => m.clone(),
-                Some(_) => {
-                    issues.push(issue(format!("{at}.input"), "must be an object"));
-                    Map::new()
-                }
-            };
-            steps.push(PlanStep {
-                key,
-                capability,
-                depends_on,
-                input,
-            });
-        }
-        let plan = Plan { steps };
-        // Graph problems are reported too, except where a field already has a problem.
-        for found in plan.validate(prefix) {
-            if !issues.iter().any(|i| i.field == found.field) {
-                issues.push(found);
-            }
-        }
-        if issues.is_empty() {
-            Ok(plan)
-        } else {
-            Err(issues)
-        }
-    }
-
     /// Every structural problem of the plan; empty when it is valid.
     pub fn validate(&self, prefix: &str) -> Vec<PlanIssue> {
         let mut issues = Vec::new();
@@ -317,46 +218,18 @@ mod tests {
     }
 
     #[test]
-    fn parses_a_client_plan() {
-        let plan = Plan::from_json(
-            &json!({"subtasks": [
-                {"id": "a", "capability": "gen"},
-                {"id": "b", "capability": "gen", "depends_on": ["a"], "input": {"x": 1}}
-            ]}),
-            "plan",
-        )
-        .unwrap();
-        assert_eq!(plan.steps.len(), 2);
+    fn instantiates_ids_indices_and_inputs() {
+        let mut b = step("b", "gen", &["a"]);
+        b.input.insert("x".into(), json!(1));
+        let plan = Plan {
+            steps: vec![step("a", "gen", &[]), b],
+        };
+        assert!(plan.validate("plan").is_empty());
         let subtasks = plan.instantiate(&TaskId::from("t1"), 0);
         assert_eq!(subtasks[0].subtask_id.as_str(), "gen::t1::1");
         assert_eq!(subtasks[1].subtask_id.as_str(), "gen::t1::2");
         assert_eq!(subtasks[1].depends_on, vec![0]);
         assert_eq!(subtasks[1].input, json!({"x": 1}));
-    }
-
-    #[test]
-    fn lists_every_problem() {
-        let err = Plan::from_json(
-            &json!({"subtasks": [
-                {"id": "a"},
-                {"id": 3, "capability": "x y", "depends_on": "a"},
-                {"capability": "ok", "extra": true, "input": []}
-            ], "other": 1}),
-            "plan",
-        )
-        .unwrap_err();
-        let fields: Vec<&str> = err.iter().map(|i| i.field.as_str()).collect();
-        for f in [
-            "plan.other",
-            "plan.subtasks[0].capability",
-            "plan.subtasks[1].id",
-            "plan.subtasks[1].depends_on",
-            "plan.subtasks[2].id",
-            "plan.subtasks[2].extra",
-            "plan.subtasks[2].input",
-        ] {
-            assert!(fields.contains(&f), "{f} missing from {fields:?}");
-        }
     }
 
     #[test]
@@ -432,37 +305,5 @@ mod tests {
             prop_assert_eq!(issues.len(), 1);
         }
 
-        #[test]
-        fn from_json_never_panics(v in arb_json()) {
-            let _ = Plan::from_json(&v, "plan");
-            let _ = Plan::from_json(&json!({"subtasks": [v]}), "plan");
-        }
-    }
-
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            "[a-z]{0,4}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(3, 32, 6, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::btree_map(
-                    prop_oneof![
-                        Just("id".to_string()),
-                        Just("capability".to_string()),
-                        Just("depends_on".to_string()),
-                        Just("input".to_string()),
-                        Just("subtasks".to_string()),
-                        "[a-z]{1,3}"
-                    ],
-                    inner,
-                    0..5
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
     }
 }

@@ -450,6 +450,7 @@ pub fn canonical(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn submit(body: Value) -> Result<NewTask, Vec<String>> {
@@ -494,6 +495,53 @@ mod tests {
             submit(json!({"task_id": "..", "title": "t", "description": "d"})).unwrap_err(),
             ["task_id"]
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever JSON arrives, the intake answers (accepted or every problem listed) and
+        /// never panics, for every kind of request.
+        #[test]
+        fn the_intake_never_panics(v in arb_json()) {
+            let bytes = v.to_string().into_bytes();
+            let _ = accept(&bytes, |r, i| submission(r, true, i));
+            let _ = accept(&bytes, batch);
+            let _ = accept(&bytes, registration);
+            let _ = accept(&bytes, results);
+            let _ = accept(&bytes, progress);
+            let wrapped = json!({"title": "t", "description": "d", "plan": {"subtasks": [v]}});
+            let _ = accept(wrapped.to_string().as_bytes(), |r, i| submission(r, true, i));
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_string()),
+                        Just("capability".to_string()),
+                        Just("depends_on".to_string()),
+                        Just("input".to_string()),
+                        Just("subtasks".to_string()),
+                        Just("plan".to_string()),
+                        Just("title".to_string()),
+                        Just("outputs".to_string()),
+                        Just("results".to_string()),
+                        "[a-z]{1,3}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]
