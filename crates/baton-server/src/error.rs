@@ -117,3 +117,20 @@ impl IntoResponse for ApiError {
         (status, Json(self.into_body())).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_bug_is_a_500_that_tells_nothing_of_its_internals() {
+        let e = ApiError::from(baton_engine::Error::Internal(
+            "subtask x::t::1: illegal subtask transition completed -> running".into(),
+        ));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code, "internal_error");
+        assert!(!e.message.contains("subtask"), "{}", e.message);
+        // Never a 409: the SDK would take that for ordinary fencing ("superseded").
+        assert_ne!(e.status, StatusCode::CONFLICT);
+    }
+}

@@ -224,8 +224,7 @@ fn client_plan(plan: api::ClientPlan, issues: &mut Issues) -> Option<Plan> {
 
 /// `POST /execute/{task_id}`.
 pub fn execute(req: api::ExecuteRequest, issues: &mut Issues) -> Option<()> {
-    if let Some(mode) = req.execution_mode.filter(|m| m != "auto") {
-        let _ = mode;
+    if req.execution_mode.is_some_and(|m| m != "auto") {
         issues.add(
             "execution_mode",
             "only \"auto\" is supported (manual approval comes with governance)",
