@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use baton_core::retry::RetryPolicy;
 use baton_core::{AgentStatus, AssignmentState};
-use baton_engine::{Error, ManualClock, Submitted};
-use common::{Scenario, LEASE_MS, START};
+use baton_engine::{Config, Error, Submitted};
+use common::{Scenario, LEASE_MS};
 use serde_json::json;
 
 #[tokio::test]
@@ -133,20 +131,18 @@ async fn a_lost_lease_is_retried_on_another_agent_and_the_late_result_is_fenced(
 
 #[tokio::test]
 async fn retries_back_off_exponentially_with_seeded_jitter_then_fail() {
-    let clock = Arc::new(ManualClock::new(START));
-    let config = baton_engine::Config {
+    let mut s = Scenario::with(|config| Config {
         retry: RetryPolicy {
             max_attempts: 4,
             base_ms: 1_000,
             max_ms: 30_000,
         },
-        ..common::config(&clock)
-    };
-    let mut s = Scenario::with_config(config, clock).await;
+        ..config
+    })
+    .await;
     let w = s.register("w", &["x"], 1).await;
     s.submit(Scenario::task("flaky", &[("only", "x", &[])], "normal"))
         .await;
-    let mut waits = Vec::new();
     for attempt in 1..=4u32 {
         let g = s.lease_one(&w).await;
         assert_eq!(g.assignment.attempt, attempt);
@@ -165,7 +161,6 @@ async fn retries_back_off_exponentially_with_seeded_jitter_then_fail() {
         s.advance(wait - 1).await;
         assert!(s.lease(&w, 1).await.is_empty(), "too early after {wait} ms");
         s.advance(1).await;
-        waits.push(wait);
     }
     assert_eq!(s.status("flaky").await, "failed");
     // The same seed gives the same schedule: the snapshot holds the exact waits.
@@ -187,17 +182,16 @@ fn last_retry_wait(timeline: &str) -> i64 {
 
 #[tokio::test]
 async fn a_subtask_over_its_timeout_is_retried_even_while_its_agent_heartbeats() {
-    let clock = Arc::new(ManualClock::new(START));
-    let config = baton_engine::Config {
+    let mut s = Scenario::with(|config| Config {
         subtask_timeout: std::time::Duration::from_secs(10),
         retry: RetryPolicy {
             max_attempts: 2,
             base_ms: 100,
             max_ms: 100,
         },
-        ..common::config(&clock)
-    };
-    let mut s = Scenario::with_config(config, clock).await;
+        ..config
+    })
+    .await;
     let w = s.register("w", &["x"], 1).await;
     s.submit(Scenario::task("slow", &[("only", "x", &[])], "normal"))
         .await;
@@ -301,7 +295,7 @@ async fn a_restarted_engine_resumes_mid_flight_from_the_store() {
     s.fail(&w, &c, true).await.unwrap();
     s.advance(100).await;
 
-    let mut s = s.restart().await;
+    let s = s.restart().await;
     // The agent is known again with its token; `b`'s lease got a fresh period.
     s.advance(LEASE_MS - 1).await;
     s.complete(&w, &b, json!({"b": 2})).await.unwrap();
@@ -311,7 +305,6 @@ async fn a_restarted_engine_resumes_mid_flight_from_the_store() {
     s.complete(&w, &c2, json!({"c": 3})).await.unwrap();
     assert_eq!(s.status("resume").await, "completed");
     insta::assert_snapshot!(s.timeline("resume").await);
-    let _ = &mut s;
     s.finish().await;
 }
 

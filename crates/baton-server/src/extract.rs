@@ -2,16 +2,14 @@
 //! text rejections: bodies (413 over the limit; read by the engine's intake), path ids, bearer
 //! tokens.
 
+use crate::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use baton_engine::intake;
-
-use crate::ApiError;
 
 /// A request body as bytes, read within the size limit (413 beyond it). Handlers hand it to
-/// the engine's intake ([`accept`]), which reads it into its wire type.
+/// the engine's intake (`intake::accept`), which reads it into its wire type.
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
@@ -31,15 +29,6 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         })?;
         Ok(RawBody(bytes))
     }
-}
-
-/// Read `body` as a `T` and apply the intake's `rules`: the accepted request, or a 400
-/// listing every problem.
-pub fn accept<T: serde::de::DeserializeOwned + serde::Serialize, O>(
-    body: &RawBody,
-    rules: impl FnOnce(T, &mut intake::Issues) -> Option<O>,
-) -> Result<O, ApiError> {
-    Ok(intake::accept(&body.0, rules)?)
 }
 
 /// The one path parameter of a route, percent-decoded.

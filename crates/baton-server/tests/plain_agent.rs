@@ -306,30 +306,11 @@ async fn a_lease_answer_that_never_arrived_expires_although_the_plain_agent_keep
     let detail = server
         .wait_for_status("stall-1", "completed", PATIENCE)
         .await;
-    let s = subtask(&detail, sub_id);
-    assert_eq!(s.attempts, 2);
-    assert_eq!(s.outputs, Some(json!({"by": "plain"})));
+    assert_lost_lease_then_completed(&detail, sub_id, &agent.agent_id);
     assert_eq!(
-        states_of(&detail, sub_id),
-        [
-            "ready",
-            "assigned",
-            "retry_wait",
-            "ready",
-            "assigned",
-            "running",
-            "completed"
-        ]
+        subtask(&detail, sub_id).outputs,
+        Some(json!({"by": "plain"}))
     );
-    let expired = &detail.status_history[history_index(&detail, Some(sub_id), "retry_wait")];
-    assert!(
-        expired
-            .note
-            .as_deref()
-            .is_some_and(|n| n.contains("lease expired")),
-        "{expired:?}"
-    );
-    assert_eq!(expired.agent.as_deref(), Some(agent.agent_id.as_str()));
 
     // The attempt whose answer was lost is superseded: a result for it changes nothing.
     agent

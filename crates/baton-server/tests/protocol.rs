@@ -47,31 +47,11 @@ async fn a_lost_lease_is_retried_elsewhere_and_the_late_result_is_fenced() {
     let detail = server
         .wait_for_status("lease-1", "completed", PATIENCE)
         .await;
+    assert_lost_lease_then_completed(&detail, sub_id, &a.agent_id);
     let s = subtask(&detail, sub_id);
-    assert_eq!(s.attempts, 2);
     assert_eq!(s.assigned_agent.as_deref(), Some(b.agent_id.as_str()));
     let b_outputs = json!({"by": "b", "attempt": 2});
     assert_eq!(s.outputs.as_ref(), Some(&b_outputs));
-    assert_eq!(
-        states_of(&detail, sub_id),
-        [
-            "ready",
-            "assigned",
-            "retry_wait",
-            "ready",
-            "assigned",
-            "running",
-            "completed"
-        ]
-    );
-    let lost = &detail.status_history[history_index(&detail, Some(sub_id), "retry_wait")];
-    assert!(
-        lost.note
-            .as_deref()
-            .is_some_and(|n| n.contains("lease expired")),
-        "{lost:?}"
-    );
-    assert_eq!(lost.agent.as_deref(), Some(a.agent_id.as_str()));
     let seen_b = journal.one(sub_id);
     assert_eq!(seen_b.attempt, 2);
     assert_ne!(seen_b.assignment_id, lease_a.assignment_id);
@@ -798,8 +778,14 @@ async fn cancelling_aborts_the_job_of_an_sdk_worker() {
             .status,
         201
     );
+    // Handed out: `assigned`, or already `running` once the SDK named it in `held`.
     server
-        .wait_for_subtask("sdk-c", "long::sdk-c::1", "assigned")
+        .wait_for_task("sdk-c", "its subtask handed out", PATIENCE, |d| {
+            matches!(
+                subtask(d, "long::sdk-c::1").state.as_str(),
+                "assigned" | "running"
+            )
+        })
         .await;
     let deadline = std::time::Instant::now() + PATIENCE;
     while !started.load(Ordering::SeqCst) {

@@ -64,15 +64,6 @@ impl Issues {
         self.list.is_empty()
     }
 
-    /// `Ok(value)` when nothing was reported.
-    pub fn finish<T>(self, value: T) -> Result<T, Vec<FieldIssue>> {
-        if self.list.is_empty() {
-            Ok(value)
-        } else {
-            Err(self.list)
-        }
-    }
-
     pub fn into_vec(self) -> Vec<FieldIssue> {
         self.list
     }
@@ -101,7 +92,7 @@ pub(crate) fn join(prefix: &str, field: &str) -> String {
 /// `value` is `None` only when the body could not be made to fit `T` at all, and `issues`
 /// lists every problem of its shape. The caller adds the problems its rules find and refuses
 /// if there are any.
-pub fn read<T: DeserializeOwned + Serialize>(
+pub(crate) fn read<T: DeserializeOwned + Serialize>(
     bytes: &[u8],
 ) -> Result<(Option<T>, Issues), Rejection> {
     let value = strict_value(bytes)?;
@@ -115,7 +106,7 @@ pub fn read<T: DeserializeOwned + Serialize>(
 }
 
 /// Parse JSON refusing duplicate keys; an empty (or all-whitespace) body is `{}`.
-pub fn strict_value(bytes: &[u8]) -> Result<Value, Rejection> {
+fn strict_value(bytes: &[u8]) -> Result<Value, Rejection> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
@@ -142,7 +133,7 @@ pub fn strict_value(bytes: &[u8]) -> Result<Value, Rejection> {
 
 /// Deserialize `value` into `T`, repairing and retrying to list every problem (see the
 /// module documentation).
-pub fn typed<T: DeserializeOwned + Serialize>(mut value: Value) -> (Option<T>, Issues) {
+fn typed<T: DeserializeOwned + Serialize>(mut value: Value) -> (Option<T>, Issues) {
     let mut issues = Issues::default();
     // Which placeholder was last tried at a path, so a repeated error there tries the next.
     let mut tried: Option<(String, usize)> = None;

@@ -1,5 +1,5 @@
 //! The one intake of every transport: a request arrives as JSON bytes (HTTP today; a managed
-//! child's stdio, NATS, A2A and MCP later), is read into its `baton-api` type ([`json`]), and
+//! child's stdio, NATS, A2A and MCP later), is read into its `baton-api` type (`json.rs`), and
 //! its rules turn it into what the engine takes (a planned [`NewTask`], an [`AgentSpec`], a
 //! lease request, ...), listing every problem at once.
 //!
@@ -11,7 +11,7 @@
 //! - The idempotency form of a submission ([`canonical`]) is computed from the typed request,
 //!   so two bodies that mean the same request compare equal.
 
-pub mod json;
+mod json;
 
 use baton_api as api;
 use baton_core::ids::check_name;
@@ -41,9 +41,9 @@ const MAX_MESSAGE: usize = 4096;
 const MAX_ERROR: usize = 16_384;
 const MAX_ASSIGNMENT_ID: usize = 256;
 /// Most tasks one batch may carry.
-pub const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = 1000;
 /// Most results one results call may carry.
-pub const MAX_RESULTS: usize = 4096;
+const MAX_RESULTS: usize = 4096;
 
 /// A task the intake accepted: validated and planned, waiting for the engine to give it a
 /// sequence number (and an id, when the client chose none) and create its subtasks.

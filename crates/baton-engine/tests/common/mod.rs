@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_api as api;
-use baton_core::retry::RetryPolicy;
 use baton_core::{AgentId, AssignmentId, Change, Millis, Phase, TaskId};
 use baton_engine::intake::{self, NewTask};
 use baton_engine::{
@@ -26,16 +25,6 @@ use tempfile::TempDir;
 pub const START: Millis = 1_700_000_000_000;
 /// The lease of the scenarios' engine (the default).
 pub const LEASE_MS: Millis = 30_000;
-
-/// The engine settings of a scenario: defaults, a seeded generator and the manual clock.
-pub fn config(clock: &Arc<ManualClock>) -> Config {
-    Config {
-        clock: clock.clone(),
-        seed: Some(7),
-        retry: RetryPolicy::default(),
-        ..Config::default()
-    }
-}
 
 /// A registered agent as the test knows it.
 #[derive(Clone, Debug)]
@@ -57,11 +46,18 @@ pub struct Scenario {
 
 impl Scenario {
     pub async fn new() -> Scenario {
-        let clock = Arc::new(ManualClock::new(START));
-        Self::with_config(config(&clock), clock).await
+        Self::with(|config| config).await
     }
 
-    pub async fn with_config(config: Config, clock: Arc<ManualClock>) -> Scenario {
+    /// A scenario whose engine settings `adjust` derives from the default ones: defaults, a
+    /// seeded generator and the scenario's manual clock.
+    pub async fn with(adjust: impl FnOnce(Config) -> Config) -> Scenario {
+        let clock = Arc::new(ManualClock::new(START));
+        let config = adjust(Config {
+            clock: clock.clone(),
+            seed: Some(7),
+            ..Config::default()
+        });
         let dir = TempDir::new().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
         let (engine, join) = baton_engine::start(config.clone(), store.clone())

@@ -11,7 +11,7 @@ use baton_engine::intake;
 use std::collections::HashMap;
 
 use crate::convert;
-use crate::extract::{self, BearerHash, PathId, RawBody};
+use crate::extract::{BearerHash, PathId, RawBody};
 use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -27,7 +27,7 @@ async fn register(
     State(state): State<AppState>,
     body: RawBody,
 ) -> Result<(StatusCode, Json<api::RegisteredAgent>), ApiError> {
-    let spec = extract::accept(&body, intake::registration)?;
+    let spec = intake::accept(&body.0, intake::registration)?;
     let registered = state.engine.register(spec).await?;
     Ok((
         StatusCode::CREATED,
@@ -125,7 +125,7 @@ async fn lease(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::LeaseResponse>, ApiError> {
-    let ask = extract::accept(&body, intake::lease)?;
+    let ask = intake::accept(&body.0, intake::lease)?;
     let grants = state
         .engine
         .lease(
@@ -147,7 +147,7 @@ async fn heartbeat(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::HeartbeatReply>, ApiError> {
-    let held = extract::accept(&body, intake::heartbeat)?;
+    let held = intake::accept(&body.0, intake::heartbeat)?;
     let info = state
         .engine
         .heartbeat(AgentId(agent_id.clone()), token_hash, held)
@@ -166,7 +166,7 @@ async fn results(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::ResultsReply>, ApiError> {
-    let (items, held) = extract::accept(&body, intake::results)?;
+    let (items, held) = intake::accept(&body.0, intake::results)?;
     let ids: Vec<String> = items.iter().map(|(id, _)| id.to_string()).collect();
     let answers = state
         .engine

@@ -8,7 +8,7 @@ use baton_core::AssignmentId;
 use baton_engine::{intake, AssignmentInfo};
 
 use crate::convert;
-use crate::extract::{self, BearerHash, PathId, RawBody};
+use crate::extract::{BearerHash, PathId, RawBody};
 use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -32,7 +32,7 @@ async fn progress(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let (phase, message) = extract::accept(&body, intake::progress)?;
+    let (phase, message) = intake::accept(&body.0, intake::progress)?;
     let info = state
         .engine
         .progress(AssignmentId(id), token_hash, phase, message)
@@ -46,7 +46,7 @@ async fn complete(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let outputs = extract::accept(&body, intake::complete)?;
+    let outputs = intake::accept(&body.0, intake::complete)?;
     let info = state
         .engine
         .complete(AssignmentId(id), token_hash, outputs)
@@ -60,7 +60,7 @@ async fn fail(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let (error, retryable) = extract::accept(&body, intake::fail)?;
+    let (error, retryable) = intake::accept(&body.0, intake::fail)?;
     let info = state
         .engine
         .fail(AssignmentId(id), token_hash, error, retryable)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::convert;
-use crate::extract::{self, PathId, RawBody};
+use crate::extract::{PathId, RawBody};
 use crate::{ApiError, AppState};
 use baton_engine::intake;
 
@@ -35,7 +35,7 @@ async fn accept(
     body: RawBody,
     execute: bool,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
-    let new = extract::accept(&body, |req, issues| {
+    let new = intake::accept(&body.0, |req, issues| {
         intake::submission(req, execute, issues)
     })?;
     Ok(match state.engine.submit(new).await? {
@@ -65,7 +65,7 @@ async fn submit_batch(
     State(state): State<AppState>,
     body: RawBody,
 ) -> Result<Json<api::SubmitBatchReply>, ApiError> {
-    let tasks = extract::accept(&body, intake::batch)?;
+    let tasks = intake::accept(&body.0, intake::batch)?;
     let answers =
         futures::future::join_all(tasks.into_iter().map(|t| state.engine.submit(t))).await;
     let tasks = answers
@@ -99,7 +99,7 @@ async fn execute(
     PathId(task_id): PathId,
     body: RawBody,
 ) -> Result<Json<api::TaskStatusReply>, ApiError> {
-    extract::accept(&body, intake::execute)?;
+    intake::accept(&body.0, intake::execute)?;
     let task_id = TaskId(task_id);
     let status = or_finished(
         &state,

@@ -604,6 +604,33 @@ pub fn history_index(detail: &TaskDetail, subtask_id: Option<&str>, to: &str) ->
         })
 }
 
+/// Asserts that the subtask's first attempt was lost to the expired lease of `lost_by`, and
+/// that the retry then ran and completed: the timeline of one lost lease.
+#[track_caller]
+pub fn assert_lost_lease_then_completed(detail: &TaskDetail, subtask_id: &str, lost_by: &str) {
+    assert_eq!(subtask(detail, subtask_id).attempts, 2);
+    assert_eq!(
+        states_of(detail, subtask_id),
+        [
+            "ready",
+            "assigned",
+            "retry_wait",
+            "ready",
+            "assigned",
+            "running",
+            "completed"
+        ]
+    );
+    let lost = &detail.status_history[history_index(detail, Some(subtask_id), "retry_wait")];
+    assert!(
+        lost.note
+            .as_deref()
+            .is_some_and(|n| n.contains("lease expired")),
+        "{lost:?}"
+    );
+    assert_eq!(lost.agent.as_deref(), Some(lost_by));
+}
+
 /// The states a subtask went through, in timeline order.
 pub fn states_of(detail: &TaskDetail, subtask_id: &str) -> Vec<String> {
     detail
