@@ -61,6 +61,9 @@ pub struct SubmitTask {
     pub payload: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<ClientPlan>,
+    /// Parameters of the workflow that `task_type` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
 }
 
 /// A plan supplied by the client.
@@ -70,7 +73,7 @@ pub struct ClientPlan {
     pub subtasks: Vec<ClientStep>,
 }
 
-/// One step of a client plan.
+/// One step of a client plan or a workflow.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientStep {
@@ -78,8 +81,110 @@ pub struct ClientStep {
     pub capability: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// Parameters for the agent; strings may hold `${params.x}`, `${metadata.x}`,
+    /// `${task.title}` and `${steps.<id>.outputs.x}` references.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
+    /// A condition; when false the step is `skipped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// `true` or `{capability?, criteria?}`: independent verification (stored; enforced by
+    /// governance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Value>,
+    /// `true` or an object: an approval gate (stored; enforced by governance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Value>,
+    /// Per-attempt timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// `POST /workflows`: a named, versioned plan template.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowDef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, ParamDef>,
+    pub steps: Vec<ClientStep>,
+}
+
+/// One declared workflow parameter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDef {
+    /// `string`, `number`, `integer`, `boolean`, `object` or `array`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+}
+
+/// The answer to `POST /workflows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowCreated {
+    /// The workflow's id: its name (stable across versions).
+    pub workflow_id: String,
+    pub name: String,
+    pub version: u32,
+}
+
+/// `GET /workflows/{id}`: one version, as published.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub workflow_id: String,
+    pub name: String,
+    pub version: u32,
+    pub created_at: String,
+    pub definition: WorkflowDef,
+}
+
+/// `GET /workflows`: the latest version of each workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowSummary>,
+}
+
+/// One workflow in a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSummary {
+    pub workflow_id: String,
+    pub name: String,
+    pub version: u32,
+    pub description: Option<String>,
+    pub steps: usize,
+    pub params: Vec<String>,
+    pub created_at: String,
+}
+
+/// `POST /workflows/{id}/execute`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteWorkflow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The task's title; the workflow's name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The task's description; the workflow's description when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PriorityInput>,
+    /// Which version to run; the latest when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// The answer to a submission: the task and its plan.
@@ -88,6 +193,9 @@ pub struct PlannedTask {
     pub task_id: String,
     pub status: String,
     pub subtasks: Vec<PlannedSubtask>,
+    /// How the plan was made: `{kind: client | workflow | rules | llm | llm_fallback, ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<Value>,
 }
 
 /// One subtask of a plan as a submission reports it.
@@ -98,6 +206,14 @@ pub struct PlannedSubtask {
     pub agent: String,
     pub state: String,
     pub depends_on: Vec<String>,
+    /// The step's id within the plan.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// The step's input as planned (references not resolved yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
 }
 
 /// `POST /tasks/batch`: many submissions in one call.
@@ -162,6 +278,18 @@ pub struct TaskDetail {
     pub metrics: Metrics,
     pub result: Option<Value>,
     pub status_history: Vec<HistoryEntry>,
+    /// How the plan was made: `{kind: client | workflow | rules | llm | llm_fallback, ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<Value>,
+    /// Workflow parameters, defaults applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptance_criteria: Vec<String>,
 }
 
 /// One subtask in a task's detail.
@@ -178,6 +306,18 @@ pub struct SubtaskDetail {
     pub outputs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The step's id within the plan.
+    #[serde(default)]
+    pub id: String,
+    /// What its agent receives (references resolved once the step became ready).
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Value>,
 }
 
 /// Timing of a task.

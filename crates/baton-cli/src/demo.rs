@@ -47,6 +47,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let server = baton_server::Server::open(baton_server::Options {
         data_dir: data_dir.clone(),
         engine: baton_engine::Config::default(),
+        llm: None,
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

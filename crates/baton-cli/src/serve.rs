@@ -36,6 +36,19 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
+    /// Base URL of an OpenAI-compatible API for the LLM planner (Baton posts to
+    /// `{url}/chat/completions`); the planner is off without it.
+    #[arg(long, env = "BATON_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// The model the LLM planner asks for.
+    #[arg(long, env = "BATON_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// Bearer token for the LLM API (never logged or shown).
+    #[arg(long, env = "BATON_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// How long the LLM planner may take before the rule-based plan is used, in milliseconds.
+    #[arg(long, env = "BATON_LLM_TIMEOUT_MS", default_value_t = 20_000)]
+    pub llm_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -45,6 +58,17 @@ impl ServeArgs {
             .or(self.max_retries)
             .unwrap_or(baton_core::model::DEFAULT_MAX_ATTEMPTS)
             .max(1)
+    }
+
+    /// The LLM planner's settings, when a URL is configured.
+    pub fn llm(&self) -> Option<baton_server::LlmConfig> {
+        let url = self.llm_url.as_ref().filter(|u| !u.trim().is_empty())?;
+        Some(baton_server::LlmConfig {
+            url: url.clone(),
+            model: self.llm_model.clone(),
+            api_key: self.llm_api_key.clone().filter(|k| !k.is_empty()),
+            timeout: Duration::from_millis(self.llm_timeout_ms.max(1)),
+        })
     }
 
     pub fn engine_config(&self) -> baton_engine::Config {
@@ -71,6 +95,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = baton_server::Server::open(baton_server::Options {
         data_dir: args.data_dir.clone(),
         engine: args.engine_config(),
+        llm: args.llm(),
     })
     .await
     .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;

@@ -67,6 +67,7 @@ fn task(i: usize) -> SubmitTask {
         capability: cap.into(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         input: Some(json!({"n": i})),
+        ..ClientStep::default()
     };
     SubmitTask {
         task_id: Some(format!("crash-{i}")),

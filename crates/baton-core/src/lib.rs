@@ -5,6 +5,7 @@
 //! a pure function of its arguments; time arrives as a [`Millis`] argument and randomness as a
 //! number supplied by the caller, so every decision is deterministic and unit-testable.
 
+pub mod expr;
 pub mod ids;
 pub mod model;
 pub mod plan;
@@ -13,9 +14,12 @@ pub mod priority;
 pub mod retry;
 pub mod routing;
 pub mod state;
+pub mod workflow;
 
 pub use ids::{AgentId, AssignmentId, SubtaskId, TaskId};
-pub use model::{Agent, Assignment, Change, Event, Subtask, Task};
+pub use model::{
+    Agent, Assignment, Change, Event, PlannerRecord, StepRules, Subtask, Task, TaskContext,
+};
 pub use priority::Priority;
 pub use state::{AgentStatus, AssignmentState, IllegalTransition, Phase, SubtaskState, TaskStatus};
 

@@ -11,7 +11,8 @@ use crate::{
     TaskStatus,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// Default attempts per subtask (`MAX_RETRIES`).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -40,6 +41,78 @@ pub struct Task {
     pub finished_at: Option<Millis>,
     /// The aggregated result, once terminal.
     pub result: Option<Value>,
+    /// What the task's steps may read besides their own input, and how it was planned.
+    pub context: TaskContext,
+}
+
+/// A task's shared context: the values workflow references read (`${params.x}`,
+/// `${metadata.x}`), the record of how the plan was made, and what an LLM planner derived.
+/// Never changes once the task runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskContext {
+    /// Workflow parameters, defaults applied.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
+    /// The client's `metadata` object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Which planner made the plan, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<PlannerRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptance_criteria: Vec<String>,
+}
+
+impl TaskContext {
+    /// Nothing recorded (stored as SQL `NULL`).
+    pub fn is_empty(&self) -> bool {
+        *self == TaskContext::default()
+    }
+}
+
+/// How a task's plan was made (`planner` in `GET /tasks/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlannerRecord {
+    /// The client sent the plan (with the submission or through `PUT /tasks/{id}/plan`).
+    Client,
+    /// A version of a stored workflow.
+    Workflow { name: String, version: u32 },
+    /// The rule-based planner; `matched` lists the keywords found per domain.
+    Rules {
+        matched: BTreeMap<String, Vec<String>>,
+    },
+    /// The LLM planner's plan, accepted by the guardrails.
+    Llm { model: String },
+    /// The LLM planner failed (`reason`); the rule-based plan runs instead.
+    LlmFallback {
+        reason: String,
+        matched: BTreeMap<String, Vec<String>>,
+    },
+}
+
+/// What a workflow step adds to a plain plan step; `None` everywhere for a plain step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRules {
+    /// Condition over params, metadata and upstream outputs; false makes the step `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Verification request (`true` or `{capability?, criteria?}`), stored for governance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Value>,
+    /// Approval gate (`true` or an object), stored for governance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Value>,
+    /// Per-attempt timeout, instead of the task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Attempts, instead of the task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
 }
 
 impl Task {
@@ -79,6 +152,9 @@ pub struct Subtask {
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub updated_at: Millis,
+    /// Workflow rules (condition, verification, approval, limits); boxed because most
+    /// subtasks have none and a plan may hold many subtasks.
+    pub rules: Option<Box<StepRules>>,
 }
 
 /// One attempt of one subtask on one agent. `attempt` is the fencing token: only the subtask's
@@ -203,7 +279,29 @@ impl Task {
     }
 }
 
+impl AsRef<Subtask> for Subtask {
+    fn as_ref(&self) -> &Subtask {
+        self
+    }
+}
+
 impl Subtask {
+    /// The per-attempt timeout: the step's own, else `default` (the task's).
+    pub fn timeout_ms(&self, default: u64) -> u64 {
+        self.rules
+            .as_ref()
+            .and_then(|r| r.timeout_ms)
+            .unwrap_or(default)
+    }
+
+    /// The attempts allowed: the step's own, else `default` (the task's).
+    pub fn max_attempts(&self, default: u32) -> u32 {
+        self.rules
+            .as_ref()
+            .and_then(|r| r.max_attempts)
+            .unwrap_or(default)
+    }
+
     /// Move to `to` through the subtask machine; returns the state it left.
     pub fn set_state(
         &mut self,

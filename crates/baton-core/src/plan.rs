@@ -6,7 +6,7 @@
 //! reported, not just the first.
 
 use crate::ids::check_name;
-use crate::{Millis, Subtask, SubtaskId, SubtaskState, TaskId};
+use crate::{Millis, StepRules, Subtask, SubtaskId, SubtaskState, TaskId};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 pub const MAX_SUBTASKS: usize = 1000;
 
 /// One step of a plan.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlanStep {
     /// The step's id within the plan.
     pub key: String,
@@ -23,6 +23,8 @@ pub struct PlanStep {
     pub depends_on: Vec<String>,
     /// Parameters for the agent; an object.
     pub input: Map<String, Value>,
+    /// Workflow rules; `None` for a plain step.
+    pub rules: Option<Box<StepRules>>,
 }
 
 /// A DAG of steps in plan order.
@@ -46,25 +48,23 @@ fn issue(field: impl Into<String>, issue: impl Into<String>) -> PlanIssue {
 }
 
 impl Plan {
-    /// Every structural problem of the plan; empty when it is valid.
-    pub fn validate(&self, prefix: &str) -> Vec<PlanIssue> {
+    /// Every structural problem of the plan; empty when it is valid. `list` is the path of the
+    /// steps in the request (`plan.subtasks`, `steps`); problems are reported below it.
+    pub fn validate(&self, list: &str) -> Vec<PlanIssue> {
         let mut issues = Vec::new();
         let n = self.steps.len();
         if n == 0 {
-            issues.push(issue(
-                format!("{prefix}.subtasks"),
-                "must contain at least one step",
-            ));
+            issues.push(issue(list.to_owned(), "must contain at least one step"));
         }
         if n > MAX_SUBTASKS {
             issues.push(issue(
-                format!("{prefix}.subtasks"),
+                list.to_owned(),
                 format!("at most {MAX_SUBTASKS} subtasks, got {n}"),
             ));
         }
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(n);
         for (i, step) in self.steps.iter().enumerate() {
-            let at = format!("{prefix}.subtasks[{i}]");
+            let at = format!("{list}[{i}]");
             if let Some(problem) = check_name(&step.key, false) {
                 issues.push(issue(format!("{at}.id"), problem));
             } else if index.insert(step.key.as_str(), i).is_some() {
@@ -81,7 +81,7 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             let mut seen = HashSet::new();
             for (j, dep) in step.depends_on.iter().enumerate() {
-                let at = format!("{prefix}.subtasks[{i}].depends_on[{j}]");
+                let at = format!("{list}[{i}].depends_on[{j}]");
                 if dep == &step.key {
                     issues.push(issue(at, "a step cannot depend on itself"));
                     edges_ok = false;
@@ -96,7 +96,7 @@ impl Plan {
         if edges_ok && issues.is_empty() {
             if let Some(cycle) = self.find_cycle() {
                 issues.push(issue(
-                    format!("{prefix}.subtasks"),
+                    list.to_owned(),
                     format!("dependency cycle: {}", cycle.join(" -> ")),
                 ));
             }
@@ -196,6 +196,7 @@ impl Plan {
                     outputs: None,
                     error: None,
                     updated_at: now,
+                    rules: step.rules.clone(),
                 }
             })
             .collect()
@@ -214,6 +215,7 @@ mod tests {
             capability: cap.into(),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             input: Map::new(),
+            rules: None,
         }
     }
 
@@ -224,7 +226,7 @@ mod tests {
         let plan = Plan {
             steps: vec![step("a", "gen", &[]), b],
         };
-        assert!(plan.validate("plan").is_empty());
+        assert!(plan.validate("plan.subtasks").is_empty());
         let subtasks = plan.instantiate(&TaskId::from("t1"), 0);
         assert_eq!(subtasks[0].subtask_id.as_str(), "gen::t1::1");
         assert_eq!(subtasks[1].subtask_id.as_str(), "gen::t1::2");
@@ -241,7 +243,7 @@ mod tests {
                 step("c", "c", &["b"]),
             ],
         };
-        let issues = cyclic.validate("plan");
+        let issues = cyclic.validate("plan.subtasks");
         assert_eq!(issues.len(), 1);
         assert!(
             issues[0].issue.starts_with("dependency cycle"),
@@ -251,16 +253,18 @@ mod tests {
         let bad = Plan {
             steps: vec![step("a", "c", &["a", "zz"]), step("a", "", &[])],
         };
-        let issues = bad.validate("plan");
+        let issues = bad.validate("plan.subtasks");
         assert_eq!(issues.len(), 4, "{issues:?}");
 
-        assert_eq!(Plan::default().validate("plan").len(), 1);
+        assert_eq!(Plan::default().validate("plan.subtasks").len(), 1);
         let big = Plan {
             steps: (0..=MAX_SUBTASKS)
                 .map(|i| step(&i.to_string(), "c", &[]))
                 .collect(),
         };
-        assert!(big.validate("plan")[0].issue.contains("at most 1000"));
+        assert!(big.validate("plan.subtasks")[0]
+            .issue
+            .contains("at most 1000"));
     }
 
     proptest! {
@@ -276,7 +280,7 @@ mod tests {
                 }
             }
             let plan = Plan { steps };
-            prop_assert!(plan.validate("plan").is_empty());
+            prop_assert!(plan.validate("plan.subtasks").is_empty());
             prop_assert!(plan.find_cycle().is_none());
             let subtasks = plan.instantiate(&TaskId::from("t"), 0);
             prop_assert_eq!(subtasks.len(), n);
@@ -301,7 +305,7 @@ mod tests {
             let plan = Plan { steps };
             let cycle = plan.find_cycle();
             prop_assert!(cycle.is_some());
-            let issues = plan.validate("plan");
+            let issues = plan.validate("plan.subtasks");
             prop_assert_eq!(issues.len(), 1);
         }
 

@@ -135,6 +135,11 @@ impl SubtaskState {
         )
     }
 
+    /// Finished in a way that lets its dependents go on: `completed` or `skipped`.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Completed | Self::Skipped)
+    }
+
     /// Holds an agent slot: an assignment is live in this state.
     pub fn is_assigned(self) -> bool {
         matches!(self, Self::Assigned | Self::Running | Self::Verifying)

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::intake::NewTask;
 use crate::Error;
+use baton_core::plan::Plan;
 
 /// A task and its subtasks as of a reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +92,7 @@ pub(crate) enum Command {
     Submit(Box<NewTask>, Reply<Submitted>),
     Execute(TaskId, Reply<TaskStatus>),
     Cancel(TaskId, Reply<TaskStatus>),
+    ReplacePlan(TaskId, Box<Plan>, Reply<TaskSnapshot>),
     Register(AgentSpec, Reply<Registered>),
     Drain(AgentId, Reply<AgentInfo>),
     Agents(Reply<Vec<AgentInfo>>),
@@ -192,6 +194,12 @@ impl Handle {
     /// Start a planned task; a running one stays running.
     pub async fn execute(&self, task_id: TaskId) -> Result<TaskStatus, Error> {
         self.ask(|r| Command::Execute(task_id, r)).await
+    }
+
+    /// Replace the plan of a task that is still `planned` (409 once it runs).
+    pub async fn replace_plan(&self, task_id: TaskId, plan: Plan) -> Result<TaskSnapshot, Error> {
+        self.ask(|r| Command::ReplacePlan(task_id, Box::new(plan), r))
+            .await
     }
 
     /// Cancel a task and its running assignments.

@@ -394,3 +394,125 @@ async fn a_result_for_a_finished_task_gets_the_same_answer_in_memory_and_from_th
     }
     s.finish().await;
 }
+
+/// A workflow-shaped plan: conditions over metadata and upstream outputs pick a branch; a step
+/// whose dependencies were all skipped is skipped too; a join with one branch done runs; inputs
+/// read upstream outputs. The skips are in the timeline, and the task completes.
+#[tokio::test]
+async fn conditions_pick_a_branch_and_skips_cascade() {
+    let mut s = Scenario::new().await;
+    let w = s
+        .register("w", &["write", "edit", "review", "publish"], 4)
+        .await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "branches",
+        "title": "Post",
+        "description": "a scenario",
+        "metadata": {"lang": "en"},
+        "plan": {"subtasks": [
+            {"id": "draft", "capability": "write"},
+            {"id": "english", "capability": "edit", "depends_on": ["draft"],
+             "when": "metadata.lang == 'en'",
+             "input": {"text": "${steps.draft.outputs.text}", "note": "for ${metadata.lang}"}},
+            {"id": "french", "capability": "edit", "depends_on": ["draft"],
+             "when": "metadata.lang == 'fr'"},
+            {"id": "french_review", "capability": "review", "depends_on": ["french"]},
+            {"id": "long", "capability": "edit", "depends_on": ["draft"],
+             "when": "steps.draft.outputs.words > 1000"},
+            {"id": "publish", "capability": "publish", "depends_on": ["english", "french"]},
+        ]},
+    })))
+    .await;
+    let draft = s.lease_one(&w).await;
+    s.advance(5).await;
+    s.complete(&w, &draft, json!({"text": "hello", "words": 12}))
+        .await
+        .unwrap();
+    let english = s.lease(&w, 4).await;
+    assert_eq!(english.len(), 1, "only the english branch runs");
+    assert_eq!(
+        english[0].assignment.subtask_id.as_str(),
+        "edit::branches::1"
+    );
+    assert_eq!(english[0].input["text"], "hello");
+    assert_eq!(english[0].input["note"], "for en");
+    s.advance(5).await;
+    s.complete(&w, &english[0], json!({"edited": true}))
+        .await
+        .unwrap();
+    let publish = s.lease_one(&w).await;
+    assert_eq!(
+        publish.assignment.subtask_id.as_str(),
+        "publish::branches::1"
+    );
+    // The join sees both of its dependencies; the skipped one has no outputs.
+    assert_eq!(
+        publish.input["dependencies"],
+        json!({"edit::branches::1": {"edited": true}, "edit::branches::2": null})
+    );
+    s.complete(&w, &publish, json!({})).await.unwrap();
+    assert_eq!(s.status("branches").await, "completed");
+    insta::assert_snapshot!(s.timeline("branches").await);
+    s.finish().await;
+}
+
+/// A task whose only step's condition is false completes as soon as it starts: nothing reaches
+/// an agent.
+#[tokio::test]
+async fn a_task_of_skipped_steps_completes_at_once() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 1).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "nothing",
+        "title": "t",
+        "description": "d",
+        "plan": {"subtasks": [
+            {"id": "a", "capability": "x", "when": "exists(metadata.flag)"},
+            {"id": "b", "capability": "x", "depends_on": ["a"]},
+        ]},
+    })))
+    .await;
+    assert!(s.lease(&w, 1).await.is_empty());
+    assert_eq!(s.status("nothing").await, "completed");
+    insta::assert_snapshot!(s.timeline("nothing").await);
+    s.finish().await;
+}
+
+/// A planned task takes a new plan (the timeline says so) until it runs; then 409.
+#[tokio::test]
+async fn a_planned_task_takes_a_new_plan_until_it_runs() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["new"], 1).await;
+    let planned = baton_engine::intake::NewTask {
+        execute: false,
+        ..Scenario::task(
+            "replan",
+            &[("a", "old", &[]), ("b", "old", &["a"])],
+            "normal",
+        )
+    };
+    s.submit(planned).await;
+    let plan = Scenario::task("x", &[("only", "new", &[])], "normal").plan;
+    let snapshot = s
+        .engine
+        .replace_plan("replan".into(), plan.clone())
+        .await
+        .unwrap();
+    assert_eq!(snapshot.subtasks.len(), 1);
+    assert_eq!(snapshot.subtasks[0].subtask_id.as_str(), "new::replan::1");
+    assert_eq!(
+        snapshot.task.context.planner,
+        Some(baton_core::PlannerRecord::Client)
+    );
+    s.engine.execute("replan".into()).await.unwrap();
+    let g = s.lease_one(&w).await;
+    assert_eq!(g.assignment.subtask_id.as_str(), "new::replan::1");
+    let err = s.engine.replace_plan("replan".into(), plan).await;
+    assert!(matches!(err, Err(Error::Conflict(_))), "{err:?}");
+    s.complete(&w, &g, json!({})).await.unwrap();
+    // The store holds the new plan only.
+    let (_, subtasks) = s.store.task(&"replan".into()).await.unwrap().unwrap();
+    assert_eq!(subtasks.len(), 1);
+    insta::assert_snapshot!(s.timeline("replan").await);
+    s.finish().await;
+}

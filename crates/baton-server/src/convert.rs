@@ -1,8 +1,8 @@
 //! Domain types to wire types, and timestamps to RFC 3339.
 
 use baton_api as api;
-use baton_core::{Event, Millis, Subtask, Task};
-use baton_engine::{AgentInfo, LeaseGrant, TaskSnapshot};
+use baton_core::{workflow, Event, Millis, Subtask, SubtaskState, Task, TaskContext, TaskId};
+use baton_engine::{AgentInfo, LeaseGrant, NewTask, TaskSnapshot};
 use serde_json::{Map, Value};
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -27,20 +27,58 @@ fn dependency_ids(s: &Subtask, all: &[Subtask]) -> Vec<String> {
 }
 
 pub fn planned(s: &TaskSnapshot) -> api::PlannedTask {
+    planned_parts(
+        &s.task.task_id,
+        s.task.status.as_str(),
+        &s.subtasks,
+        &s.task.context,
+    )
+}
+
+/// `POST /plan`: the plan of a submission that was not made (`status: "preview"`).
+pub fn preview(new: &NewTask, now: Millis) -> api::PlannedTask {
+    let task_id = new
+        .task_id
+        .clone()
+        .unwrap_or_else(|| TaskId::from("preview"));
+    let subtasks = new.plan.instantiate(&task_id, now);
+    let mut planned = planned_parts(&task_id, "preview", &subtasks, &new.context);
+    for (p, s) in planned.subtasks.iter_mut().zip(&subtasks) {
+        p.input = Some(s.input.clone());
+    }
+    planned
+}
+
+fn planned_parts(
+    task_id: &TaskId,
+    status: &str,
+    subtasks: &[Subtask],
+    context: &TaskContext,
+) -> api::PlannedTask {
     api::PlannedTask {
-        task_id: s.task.task_id.to_string(),
-        status: s.task.status.to_string(),
-        subtasks: s
-            .subtasks
+        task_id: task_id.to_string(),
+        status: status.to_owned(),
+        subtasks: subtasks
             .iter()
             .map(|st| api::PlannedSubtask {
                 subtask_id: st.subtask_id.to_string(),
                 agent: st.capability.clone(),
                 state: st.state.to_string(),
-                depends_on: dependency_ids(st, &s.subtasks),
+                depends_on: dependency_ids(st, subtasks),
+                id: st.key.clone(),
+                when: st.rules.as_ref().and_then(|r| r.when.clone()),
+                input: None,
             })
             .collect(),
+        planner: planner(context),
     }
+}
+
+fn planner(context: &TaskContext) -> Option<Value> {
+    context
+        .planner
+        .as_ref()
+        .and_then(|p| serde_json::to_value(p).ok())
 }
 
 /// The task result as clients see it: the stored summary and metrics, with the outputs (and
@@ -72,7 +110,23 @@ pub fn detail(
     now: Millis,
 ) -> api::TaskDetail {
     let result = result_with_outputs(task.result.clone(), &subtasks);
+    // What each agent receives (or would, once ready): resolved only when the step's
+    // dependencies are done, since references read their outputs.
+    let inputs: Vec<Value> = (0..subtasks.len())
+        .map(|i| match subtasks[i].state {
+            SubtaskState::Pending | SubtaskState::Skipped | SubtaskState::Cancelled => {
+                subtasks[i].input.clone()
+            }
+            _ => workflow::agent_input(&task, &subtasks, i),
+        })
+        .collect();
+    let context = task.context.clone();
     api::TaskDetail {
+        planner: planner(&context),
+        params: (!context.params.is_empty()).then_some(Value::Object(context.params)),
+        objectives: context.objectives,
+        constraints: context.constraints,
+        acceptance_criteria: context.acceptance_criteria,
         metrics: api::Metrics {
             elapsed_seconds: task.elapsed_seconds(now),
             on_time: task.on_time(now),
@@ -88,8 +142,14 @@ pub fn detail(
         finished_at: task.finished_at.map(timestamp),
         subtasks: subtasks
             .iter()
-            .map(|s| (dependency_ids(s, &subtasks), s.clone()))
-            .map(|(depends_on, s)| api::SubtaskDetail {
+            .zip(inputs)
+            .map(|(s, input)| (dependency_ids(s, &subtasks), s.clone(), input))
+            .map(|(depends_on, s, input)| api::SubtaskDetail {
+                id: s.key,
+                input,
+                when: s.rules.as_ref().and_then(|r| r.when.clone()),
+                verify: s.rules.as_ref().and_then(|r| r.verify.clone()),
+                approval: s.rules.as_ref().and_then(|r| r.approval.clone()),
                 subtask_id: s.subtask_id.to_string(),
                 agent: s.capability,
                 assigned_agent: s.assigned_agent.map(|a| a.to_string()),

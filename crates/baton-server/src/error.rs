@@ -56,6 +56,16 @@ impl ApiError {
         )
     }
 
+    /// A fault of the server itself: logged with `context`, answered without it.
+    pub fn internal(context: impl Into<String>) -> Self {
+        tracing::error!(context = %context.into(), "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; the request was not completed",
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }

@@ -11,6 +11,7 @@ mod convert;
 mod error;
 mod extract;
 mod http;
+mod planning;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use baton_engine::Handle;
 use baton_store::{SqliteStore, Store};
 
 pub use error::ApiError;
+pub use planning::{LlmConfig, Planning, DEFAULT_LLM_TIMEOUT};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -30,6 +32,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub engine: Handle,
     pub store: Arc<dyn Store>,
+    pub planning: Arc<Planning>,
 }
 
 /// The router with every route of the API.
@@ -43,6 +46,8 @@ pub struct Options {
     /// Where the SQLite database lives.
     pub data_dir: PathBuf,
     pub engine: baton_engine::Config,
+    /// The LLM planner; off when `None`.
+    pub llm: Option<LlmConfig>,
 }
 
 /// Failures while starting.
@@ -68,17 +73,23 @@ impl Server {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let store: Arc<dyn Store> = Arc::new(store);
-        Self::with_store(store, options.engine).await
+        Self::with_store(store, options.engine, options.llm).await
     }
 
     /// Start an engine on any store.
     pub async fn with_store(
         store: Arc<dyn Store>,
         config: baton_engine::Config,
+        llm: Option<LlmConfig>,
     ) -> Result<Server, Error> {
+        let planning = Arc::new(Planning::load(store.as_ref(), llm).await?);
         let (engine, join) = baton_engine::start(config, store.clone()).await?;
         Ok(Server {
-            state: AppState { engine, store },
+            state: AppState {
+                engine,
+                store,
+                planning,
+            },
             engine: join,
         })
     }

@@ -43,6 +43,27 @@ impl Store for FailingStore {
     ) -> baton_store::Result<Option<baton_core::Assignment>> {
         self.inner.assignment(id).await
     }
+    async fn publish_workflow(
+        &self,
+        name: &str,
+        definition: &serde_json::Value,
+        now: baton_core::Millis,
+    ) -> baton_store::Result<baton_store::StoredWorkflow> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(baton_store::Error::backend_msg("injected write failure"));
+        }
+        self.inner.publish_workflow(name, definition, now).await
+    }
+    async fn workflow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> baton_store::Result<Option<baton_store::StoredWorkflow>> {
+        self.inner.workflow(name, version).await
+    }
+    async fn workflows(&self) -> baton_store::Result<Vec<baton_store::StoredWorkflow>> {
+        self.inner.workflows().await
+    }
 }
 
 async fn start(
@@ -53,7 +74,7 @@ async fn start(
         inner: SqliteStore::open(dir).unwrap(),
         fail,
     };
-    let server = Server::with_store(Arc::new(store), baton_engine::Config::default())
+    let server = Server::with_store(Arc::new(store), baton_engine::Config::default(), None)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

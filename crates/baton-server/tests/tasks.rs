@@ -330,8 +330,9 @@ async fn tasks_without_a_plan_are_planned_by_type_or_category() {
     assert_eq!(
         reply.body["subtasks"],
         json!([{"subtask_id": "frontend::Rel-1.2_rc:3@team::1", "agent": "frontend",
-                "state": "pending", "depends_on": []}])
+                "state": "pending", "depends_on": [], "id": "frontend"}])
     );
+    assert_eq!(reply.body["planner"]["kind"], "rules", "{reply:?}");
     // Ids with punctuation address the task through the path.
     let detail = server.task("Rel-1.2_rc:3@team").await;
     assert_eq!(detail.task_id, "Rel-1.2_rc:3@team");

@@ -9,9 +9,9 @@
 mod common;
 
 use baton_agent::api::{
-    ClientPlan, ClientStep, CompleteRequest, ExecuteRequest, FailRequest, HeartbeatRequest,
-    LeaseRequest, Phase, PriorityInput, ProgressRequest, RegisterAgent, ResultItem, ResultsRequest,
-    SubmitBatch, SubmitTask,
+    ClientPlan, ClientStep, CompleteRequest, ExecuteRequest, ExecuteWorkflow, FailRequest,
+    HeartbeatRequest, LeaseRequest, ParamDef, Phase, PriorityInput, ProgressRequest, RegisterAgent,
+    ResultItem, ResultsRequest, SubmitBatch, SubmitTask, WorkflowDef,
 };
 use common::{Body, Reply, TestServer};
 use reqwest::Method;
@@ -33,16 +33,32 @@ fn submit_task(id: &str) -> SubmitTask {
                     id: "first".into(),
                     capability: "cap".into(),
                     depends_on: Vec::new(),
-                    input: Some(json!({"k": 1})),
+                    input: Some(json!({"k": "${params.topic}"})),
+                    when: None,
+                    verify: None,
+                    approval: None,
+                    timeout_s: None,
+                    max_attempts: None,
                 },
-                ClientStep {
-                    id: "second".into(),
-                    capability: "cap".into(),
-                    depends_on: vec!["first".into()],
-                    input: Some(json!({})),
-                },
+                every_field_step(),
             ],
         }),
+        params: Some(json!({"topic": "wires"})),
+    }
+}
+
+/// A step with every field of the wire type.
+fn every_field_step() -> ClientStep {
+    ClientStep {
+        id: "second".into(),
+        capability: "cap".into(),
+        depends_on: vec!["first".into()],
+        input: Some(json!({"from_first": "${steps.first.outputs.x}"})),
+        when: Some("metadata.requester == 'wire-test'".into()),
+        verify: Some(json!({"capability": "verify"})),
+        approval: Some(json!(true)),
+        timeout_s: Some(60),
+        max_attempts: Some(2),
     }
 }
 
@@ -129,6 +145,7 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
         "metadata",
         "payload",
         "plan",
+        "params",
     ];
     let body = full_body(&submit, &fields);
     let reply = post(&server, "/orchestrate", &body, None).await;
@@ -148,7 +165,72 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
             .collect()
     );
     let step = serde_json::to_value(&submit.plan.as_ref().unwrap().subtasks[1]).unwrap();
-    assert_eq!(step.as_object().unwrap().len(), 4, "every field of a step");
+    assert_eq!(step.as_object().unwrap().len(), 9, "every field of a step");
+
+    let workflow = WorkflowDef {
+        name: "wire-flow".into(),
+        description: Some("every field".into()),
+        params: [(
+            "topic".to_owned(),
+            ParamDef {
+                kind: Some("string".into()),
+                default: Some(json!("wires")),
+                required: Some(false),
+            },
+        )]
+        .into(),
+        steps: vec![
+            ClientStep {
+                input: Some(json!({"k": "${params.topic}"})),
+                ..every_field_step()
+            },
+            ClientStep {
+                id: "first".into(),
+                depends_on: Vec::new(),
+                ..ClientStep::default()
+            },
+        ],
+    };
+    let mut workflow = workflow;
+    workflow.steps[1].capability = "cap".into();
+    let body = full_body(&workflow, &["name", "description", "params", "steps"]);
+    let param = &body["params"]["topic"];
+    assert_eq!(
+        param.as_object().unwrap().len(),
+        3,
+        "every field of a param"
+    );
+    let reply = post(&server, "/workflows", &body, None).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    extra_key_is_refused(&server, "/workflows", &body, None).await;
+
+    let run = ExecuteWorkflow {
+        task_id: Some("wire-run".into()),
+        title: Some("run".into()),
+        description: Some("a run with every field".into()),
+        params: Some(json!({"topic": "x"})),
+        metadata: Some(json!({"requester": "wire-test"})),
+        priority: Some(PriorityInput::Number(7)),
+        version: Some(1),
+    };
+    let fields = [
+        "task_id",
+        "title",
+        "description",
+        "params",
+        "metadata",
+        "priority",
+        "version",
+    ];
+    let body = full_body(&run, &fields);
+    let path = "/workflows/wire-flow/execute";
+    let reply = post(&server, path, &body, None).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    extra_key_is_refused(&server, path, &body, None).await;
+    let cancel = server
+        .raw(Method::PUT, "/tasks/wire-run/cancel", Body::None, None)
+        .await;
+    assert_eq!(cancel.status, 200, "{cancel:?}");
 
     let batch = SubmitBatch {
         tasks: vec![submit_task("wire-2")],

@@ -229,14 +229,14 @@ async fn client_planned_fan_out_fan_in_dag() {
     assert_eq!(planned.body["task_id"], "t");
     assert_eq!(planned.body["status"], "planned");
     let expected = json!([
-        {"subtask_id": "split::t::1", "agent": "split", "state": "pending", "depends_on": []},
-        {"subtask_id": "work::t::1", "agent": "work", "state": "pending", "depends_on": ["split::t::1"]},
-        {"subtask_id": "work::t::2", "agent": "work", "state": "pending", "depends_on": ["split::t::1"]},
-        {"subtask_id": "work::t::3", "agent": "work", "state": "pending", "depends_on": ["split::t::1"]},
-        {"subtask_id": "work::t::4", "agent": "work", "state": "pending", "depends_on": ["split::t::1"]},
+        {"subtask_id": "split::t::1", "agent": "split", "state": "pending", "depends_on": [], "id": "split"},
+        {"subtask_id": "work::t::1", "agent": "work", "state": "pending", "depends_on": ["split::t::1"], "id": "w1"},
+        {"subtask_id": "work::t::2", "agent": "work", "state": "pending", "depends_on": ["split::t::1"], "id": "w2"},
+        {"subtask_id": "work::t::3", "agent": "work", "state": "pending", "depends_on": ["split::t::1"], "id": "w3"},
+        {"subtask_id": "work::t::4", "agent": "work", "state": "pending", "depends_on": ["split::t::1"], "id": "w4"},
         {"subtask_id": "join::t::1", "agent": "join", "state": "pending",
-         "depends_on": ["work::t::1", "work::t::2", "work::t::3", "work::t::4"]},
-        {"subtask_id": "publish::t::1", "agent": "publish", "state": "pending", "depends_on": ["join::t::1"]},
+         "depends_on": ["work::t::1", "work::t::2", "work::t::3", "work::t::4"], "id": "join"},
+        {"subtask_id": "publish::t::1", "agent": "publish", "state": "pending", "depends_on": ["join::t::1"], "id": "publish"},
     ]);
     assert_eq!(planned.body["subtasks"], expected);
     // Planned, not started: nothing is ready yet.

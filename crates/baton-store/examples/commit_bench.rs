@@ -254,6 +254,7 @@ impl Lifecycle {
             started_at: Some(at),
             finished_at: None,
             result: None,
+            context: Default::default(),
         };
         let sub = Subtask {
             subtask_id: SubtaskId::compose("noop", &task_id, 1),
@@ -269,6 +270,7 @@ impl Lifecycle {
             outputs: None,
             error: None,
             updated_at: at,
+            rules: None,
         };
         let assignment = Assignment {
             assignment_id: AssignmentId(format!("as-{seq}-0-1")),

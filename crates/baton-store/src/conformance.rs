@@ -16,10 +16,14 @@
 //! what every backend can hold (no NUL characters), but cover the full range of the types
 //! (`u32::MAX`, negative millis, `Some(Value::Null)`, non-ASCII text).
 
-use crate::{Recovery, Store, SubtaskUpdate, TaskQuery, TaskUpdate, WriteBatch};
+use crate::{
+    PlanReplacement, Recovery, Store, StoredWorkflow, SubtaskUpdate, TaskQuery, TaskUpdate,
+    WriteBatch,
+};
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Change, Event, Phase,
-    Priority, Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
+    PlannerRecord, Priority, StepRules, Subtask, SubtaskId, SubtaskState, Task, TaskContext,
+    TaskId, TaskStatus,
 };
 use serde_json::{json, Value};
 
@@ -51,6 +55,9 @@ macro_rules! store_conformance_tests {
             update_of_unknown_row_fails_whole_batch,
             reads_of_unknown_ids,
             concurrent_commits_all_land,
+            plan_replacement_swaps_subtasks_and_context,
+            workflow_versions_count_up_per_name,
+            concurrent_publications_get_distinct_versions,
         );
     };
     (@cases $make:path; $($case:ident),+ $(,)?) => {
@@ -87,6 +94,7 @@ pub fn task(id: &str, seq: i64) -> Task {
         started_at: None,
         finished_at: None,
         result: None,
+        context: TaskContext::default(),
     }
 }
 
@@ -107,6 +115,7 @@ pub fn subtask(task_id: &str, index: u32) -> Subtask {
         outputs: None,
         error: None,
         updated_at: 1_700_000_000_000,
+        rules: None,
     }
 }
 
@@ -312,6 +321,20 @@ pub async fn round_trips_every_type(store: &dyn Store) {
             "big": u64::MAX,
             "negative": i64::MIN,
         })),
+        context: TaskContext {
+            params: json!({ "topic": "éthique", "n": 3 })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            metadata: Some(json!({ "requester": "ü", "due_date": "2030-01-01" })),
+            planner: Some(PlannerRecord::LlmFallback {
+                reason: "timeout after 20 s".into(),
+                matched: [("backend".to_owned(), vec!["api".to_owned()])].into(),
+            }),
+            objectives: vec!["one".into()],
+            constraints: vec!["two".into()],
+            acceptance_criteria: vec!["three ✓".into()],
+        },
     };
     let empty_task = Task {
         priority: Priority::new(1).expect("1 is a priority"),
@@ -331,6 +354,13 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         outputs: Some(json!(["a", { "b": null }])),
         error: Some("échec: délai dépassé ⏱".into()),
         updated_at: -5,
+        rules: Some(Box::new(StepRules {
+            when: Some("params.n > 2 and exists(steps.code.outputs.x)".into()),
+            verify: Some(json!({ "capability": "verify" })),
+            approval: Some(json!(true)),
+            timeout_ms: Some(u64::MAX >> 1),
+            max_attempts: Some(u32::MAX),
+        })),
     };
     let empty_subtask = Subtask {
         subtask_id: SubtaskId::from("code::tâche-東京-1::1"),
@@ -346,6 +376,7 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         outputs: Some(Value::Null),
         error: None,
         updated_at: 0,
+        rules: Some(Box::default()),
     };
     let empty_task_subtask = Subtask {
         input: json!("just a string"),
@@ -393,6 +424,7 @@ pub async fn round_trips_every_type(store: &dyn Store) {
     commit(
         store,
         WriteBatch {
+            plans: Vec::new(),
             agents: vec![full_agent.clone(), bare_agent.clone()],
             new_tasks: vec![full_task.clone(), empty_task.clone()],
             new_subtasks: vec![
@@ -656,6 +688,7 @@ pub async fn rows_created_and_updated_in_one_batch(store: &dyn Store) {
     commit(
         store,
         WriteBatch {
+            plans: Vec::new(),
             agents: vec![agent("ag-1", AgentStatus::Idle)],
             new_tasks: vec![t.clone()],
             new_subtasks: vec![s.clone()],
@@ -1392,6 +1425,7 @@ fn doomed_batch() -> WriteBatch {
     let s1 = subtask("t-1", 0);
     let s2 = subtask("t-2", 0);
     WriteBatch {
+        plans: Vec::new(),
         agents: vec![
             agent("ag-1", AgentStatus::Draining),
             agent("ag-2", AgentStatus::Idle),
@@ -1597,4 +1631,129 @@ pub async fn concurrent_commits_all_land(store: &dyn Store) {
             vec![event(&id, seq, "planned")]
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans and workflows
+
+/// A replaced plan: the old subtasks are gone, the new ones and the new context are read back;
+/// replacing the plan of an unknown task fails the batch.
+pub async fn plan_replacement_swaps_subtasks_and_context(store: &dyn Store) {
+    let t = task("t-plan", 1);
+    let old: Vec<Subtask> = (0..3).map(|i| subtask("t-plan", i)).collect();
+    commit(
+        store,
+        WriteBatch {
+            new_tasks: vec![t.clone()],
+            new_subtasks: old,
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let context = TaskContext {
+        planner: Some(PlannerRecord::Client),
+        ..TaskContext::default()
+    };
+    let new = vec![Subtask {
+        key: "only".into(),
+        rules: Some(Box::new(StepRules {
+            when: Some("true".into()),
+            ..StepRules::default()
+        })),
+        ..subtask("t-plan", 0)
+    }];
+    commit(
+        store,
+        WriteBatch {
+            plans: vec![PlanReplacement {
+                task_id: t.task_id.clone(),
+                context: context.clone(),
+                subtasks: new.clone(),
+            }],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let (read, subtasks) = read_task(store, "t-plan").await.expect("task stored");
+    assert_eq!(read.context, context, "the context is replaced");
+    assert_eq!(
+        subtasks, new,
+        "the old subtasks are gone, the new ones stored"
+    );
+
+    let unknown = WriteBatch {
+        plans: vec![PlanReplacement {
+            task_id: TaskId::from("nope"),
+            context: TaskContext::default(),
+            subtasks: vec![subtask("nope", 0)],
+        }],
+        ..WriteBatch::default()
+    };
+    assert!(
+        store.commit(unknown).await.is_err(),
+        "replacing the plan of an unknown task must fail"
+    );
+    assert!(read_task(store, "nope").await.is_none());
+}
+
+/// Versions count from 1 per name; a version reads back exactly; the list holds the latest of
+/// each name, by name.
+pub async fn workflow_versions_count_up_per_name(store: &dyn Store) {
+    assert!(store.workflows().await.expect("list").is_empty());
+    assert!(store.workflow("wf", None).await.expect("read").is_none());
+    let v1 = store
+        .publish_workflow("wf", &json!({ "name": "wf", "steps": [1] }), 10)
+        .await
+        .expect("publish v1");
+    let other = store
+        .publish_workflow("another", &json!({ "name": "another" }), 11)
+        .await
+        .expect("publish another");
+    let v2 = store
+        .publish_workflow("wf", &json!({ "name": "wf", "steps": [2, "ü"] }), 12)
+        .await
+        .expect("publish v2");
+    assert_eq!(
+        (v1.version, other.version, v2.version),
+        (1, 1, 2),
+        "versions count per name"
+    );
+    assert_eq!(
+        v2,
+        StoredWorkflow {
+            name: "wf".into(),
+            version: 2,
+            definition: json!({ "name": "wf", "steps": [2, "ü"] }),
+            created_at: 12,
+        }
+    );
+    assert_eq!(
+        store.workflow("wf", None).await.expect("read"),
+        Some(v2.clone())
+    );
+    assert_eq!(store.workflow("wf", Some(1)).await.expect("read"), Some(v1));
+    assert!(store.workflow("wf", Some(3)).await.expect("read").is_none());
+    assert_eq!(store.workflows().await.expect("list"), vec![other, v2]);
+}
+
+/// Publications of one name racing each other all land, each with its own version.
+pub async fn concurrent_publications_get_distinct_versions(store: &dyn Store) {
+    let publish = |w: i64| async move {
+        let mut versions = Vec::new();
+        for i in 0..8 {
+            let definition = json!({ "writer": w, "i": i });
+            let stored = store
+                .publish_workflow("race", &definition, w * 100 + i)
+                .await
+                .expect("publish");
+            versions.push(stored.version);
+        }
+        versions
+    };
+    let (a, b, c, d) = tokio::join!(publish(0), publish(1), publish(2), publish(3));
+    let mut versions: Vec<u32> = [a, b, c, d].concat();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=32).collect::<Vec<u32>>());
+    let latest = store.workflow("race", None).await.expect("read");
+    assert_eq!(latest.map(|w| w.version), Some(32));
 }

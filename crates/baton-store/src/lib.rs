@@ -14,7 +14,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use baton_core::{
     Agent, Assignment, AssignmentId, Event, Millis, Priority, Subtask, SubtaskId, SubtaskState,
-    Task, TaskId, TaskStatus,
+    Task, TaskContext, TaskId, TaskStatus,
 };
 use serde_json::Value;
 
@@ -114,8 +114,17 @@ pub struct SubtaskUpdate {
     pub updated_at: Millis,
 }
 
+/// A task's new plan (the task is still `planned`): its subtasks replace the stored ones, and
+/// its context the stored context.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanReplacement {
+    pub task_id: TaskId,
+    pub context: TaskContext,
+    pub subtasks: Vec<Subtask>,
+}
+
 /// Everything one commit writes. Applied in field order: agents, new tasks, new subtasks,
-/// task updates, subtask updates, assignments, events; within a field in list order, so a
+/// plan replacements, task updates, subtask updates, assignments, events; within a field in list order, so a
 /// later update of the same row wins. Inserting a task id or `seq` that exists, or updating a
 /// task or subtask that does not exist, fails the whole batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -126,6 +135,8 @@ pub struct WriteBatch {
     pub new_tasks: Vec<Task>,
     /// Inserted with their task.
     pub new_subtasks: Vec<Subtask>,
+    /// Replacing a stored plan; replacing the plan of an unknown task fails the batch.
+    pub plans: Vec<PlanReplacement>,
     pub task_updates: Vec<TaskUpdate>,
     pub subtask_updates: Vec<SubtaskUpdate>,
     /// Inserted or replaced whole.
@@ -140,6 +151,7 @@ impl WriteBatch {
         self.agents.is_empty()
             && self.new_tasks.is_empty()
             && self.new_subtasks.is_empty()
+            && self.plans.is_empty()
             && self.task_updates.is_empty()
             && self.subtask_updates.is_empty()
             && self.assignments.is_empty()
@@ -151,6 +163,7 @@ impl WriteBatch {
         self.agents.extend(other.agents);
         self.new_tasks.extend(other.new_tasks);
         self.new_subtasks.extend(other.new_subtasks);
+        self.plans.extend(other.plans);
         self.task_updates.extend(other.task_updates);
         self.subtask_updates.extend(other.subtask_updates);
         self.assignments.extend(other.assignments);
@@ -192,6 +205,17 @@ pub struct TaskQuery {
     pub limit: u32,
 }
 
+/// One published version of a workflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredWorkflow {
+    pub name: String,
+    /// From 1, one more than the previous version of the same name.
+    pub version: u32,
+    /// The definition as published (its wire form).
+    pub definition: Value,
+    pub created_at: Millis,
+}
+
 /// A durable home for tasks, subtasks, assignments, agents and timelines.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -226,4 +250,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// One assignment.
     async fn assignment(&self, assignment_id: &AssignmentId) -> Result<Option<Assignment>>;
+
+    /// Store `definition` as the next version of workflow `name` (1 for a new name),
+    /// atomically: two concurrent publications of one name get different versions.
+    async fn publish_workflow(
+        &self,
+        name: &str,
+        definition: &Value,
+        now: Millis,
+    ) -> Result<StoredWorkflow>;
+
+    /// Version `version` of workflow `name`, or its latest version when `None`.
+    async fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<StoredWorkflow>>;
+
+    /// The latest version of every workflow, by name.
+    async fn workflows(&self) -> Result<Vec<StoredWorkflow>>;
 }

@@ -25,11 +25,11 @@
 mod timeline;
 mod write;
 
-use crate::{Error, Recovery, Result, Store, TaskDetail, TaskQuery, WriteBatch};
+use crate::{Error, Recovery, Result, Store, StoredWorkflow, TaskDetail, TaskQuery, WriteBatch};
 use async_trait::async_trait;
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Event, Priority,
-    Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Event, Millis,
+    Priority, Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
 };
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
@@ -45,6 +45,7 @@ pub const DB_FILE: &str = "baton.db";
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
+    include_str!("../migrations/sqlite/0003_workflows.sql"),
 ];
 
 /// Read connections opened at start; more are opened on demand when all are busy.
@@ -77,11 +78,13 @@ const BUSY_TIMEOUT_MS: i64 = 5_000;
 const STATEMENT_CACHE: usize = 64;
 
 const TASK_COLUMNS: &str = "task_id, seq, title, description, task_type, priority, status, \
-     request, due_at, max_attempts, timeout_ms, created_at, started_at, finished_at, result";
+     request, due_at, max_attempts, timeout_ms, created_at, started_at, finished_at, result, \
+     context";
 const SUBTASK_COLUMNS: &str = "subtask_id, task_id, idx, key, capability, depends_on, input, \
-     state, attempts, assigned_agent, outputs, error, updated_at";
+     state, attempts, assigned_agent, outputs, error, updated_at, rules";
 const ASSIGNMENT_COLUMNS: &str = "assignment_id, task_id, subtask_id, agent_id, attempt, state, \
      lease_expires_at, created_at, finished_at";
+const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";
 const AGENT_COLUMNS: &str =
     "agent_id, name, kind, capabilities, domains, max_concurrency, status, token_hash, created_at";
 
@@ -313,6 +316,93 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn publish_workflow(
+        &self,
+        name: &str,
+        definition: &Value,
+        now: Millis,
+    ) -> Result<StoredWorkflow> {
+        let name = name.to_owned();
+        let text = serde_json::to_string(definition)
+            .map_err(|e| Error::backend("encoding a workflow", e))?;
+        let definition = definition.clone();
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = lock(&inner.writer);
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM workflows WHERE name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO workflows (name, version, definition, created_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![name, version, text, now],
+            )?;
+            tx.commit()?;
+            Ok(StoredWorkflow {
+                name,
+                version,
+                definition,
+                created_at: now,
+            })
+        })
+        .await
+        .map_err(|e| Error::backend("store commit task failed", e))?
+    }
+
+    async fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<StoredWorkflow>> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let mut found = match version {
+                Some(v) => query_all(
+                    conn,
+                    &format!(
+                        "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?1 AND version = ?2"
+                    ),
+                    rusqlite::params![name, v],
+                    decode_workflow,
+                )?,
+                None => query_all(
+                    conn,
+                    &format!(
+                        "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?1 \
+                         ORDER BY version DESC LIMIT 1"
+                    ),
+                    [&name],
+                    decode_workflow,
+                )?,
+            };
+            Ok(found.pop())
+        })
+        .await
+    }
+
+    async fn workflows(&self) -> Result<Vec<StoredWorkflow>> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                &format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows AS w WHERE version = \
+                     (SELECT MAX(version) FROM workflows WHERE name = w.name) ORDER BY name"
+                ),
+                [],
+                decode_workflow,
+            )
+        })
+        .await
+    }
+}
+
+fn decode_workflow(row: &Row<'_>) -> Result<StoredWorkflow> {
+    Ok(StoredWorkflow {
+        name: row.get(0)?,
+        version: row.get(1)?,
+        definition: json_column(row, 2)?,
+        created_at: row.get(3)?,
+    })
 }
 
 impl From<rusqlite::Error> for Error {
@@ -511,6 +601,11 @@ fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> Res
 }
 
 fn optional_json(row: &Row<'_>, idx: usize) -> Result<Option<Value>> {
+    optional_typed(row, idx)
+}
+
+/// A JSON column decoded into `T`; SQL `NULL` is `None`.
+fn optional_typed<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> Result<Option<T>> {
     match row.get_ref(idx)? {
         ValueRef::Null => Ok(None),
         _ => json_column(row, idx).map(Some),
@@ -538,6 +633,7 @@ fn decode_task(row: &Row<'_>) -> Result<Task> {
         started_at: row.get(12)?,
         finished_at: row.get(13)?,
         result: optional_json(row, 14)?,
+        context: optional_typed(row, 15)?.unwrap_or_default(),
     })
 }
 
@@ -556,6 +652,7 @@ fn decode_subtask(row: &Row<'_>) -> Result<Subtask> {
         outputs: optional_json(row, 10)?,
         error: row.get(11)?,
         updated_at: row.get(12)?,
+        rules: optional_typed(row, 13)?.map(Box::new),
     })
 }
 

@@ -127,7 +127,7 @@ async fn migrations_are_idempotent() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2, "schema version after three opens");
+    assert_eq!(version, 3, "schema version after three opens");
     let tables: i64 = raw(dir.path())
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
@@ -623,5 +623,9 @@ async fn dependency_ids_of_schema_1_become_indices() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    // Rows written before schema 3 have no context and no rules.
+    let (task, subtasks) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
+    assert!(task.context.is_empty());
+    assert!(subtasks.iter().all(|s| s.rules.is_none()));
 }

@@ -429,6 +429,7 @@ async fn orchestrate(State(shared): State<Arc<Shared>>, Json(body): Json<SubmitT
                 task_id,
                 status: "planned".into(),
                 subtasks: Vec::new(),
+                planner: None,
             }),
         )
             .into_response(),
@@ -463,6 +464,11 @@ async fn task(Path(id): Path<String>) -> Response {
         },
         result: None,
         status_history: Vec::new(),
+        planner: None,
+        params: None,
+        objectives: Vec::new(),
+        constraints: Vec::new(),
+        acceptance_criteria: Vec::new(),
     })
     .into_response()
 }

@@ -65,6 +65,7 @@ impl Harness {
         let server = baton_server::Server::open(baton_server::Options {
             data_dir,
             engine: baton_engine::Config::default(),
+            llm: None,
         })
         .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -120,7 +121,7 @@ fn step(id: &str, deps: &[&str]) -> ClientStep {
         id: id.into(),
         capability: "noop".into(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        input: None,
+        ..ClientStep::default()
     }
 }
 

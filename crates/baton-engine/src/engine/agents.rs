@@ -2,11 +2,11 @@
 //! subtask to a parked agent) and health.
 
 use baton_core::routing::{self, Candidate};
+use baton_core::workflow;
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, SubtaskState,
 };
 use rand::Rng;
-use serde_json::{Map, Value};
 
 use super::{assignment_id, new_uuid, AgentRt, AsgRt, Engine, Poll};
 use crate::handle::{AgentInfo, AgentSpec, HeartbeatInfo, LeaseGrant, Registered, Reply};
@@ -440,31 +440,9 @@ impl Engine {
         let agent = Some(agent_id.clone());
         self.set_state(seq, idx, SubtaskState::Assigned, agent, None, now)?;
         let rt = self.tasks.get_mut(&seq).expect("set_state found it");
-        let timeout_ms = rt.task.timeout_ms as i64;
+        let timeout_ms = rt.subs[idx as usize].sub.timeout_ms(rt.task.timeout_ms) as i64;
         let task_id = rt.task.task_id.clone();
-        let brief = if rt.task.description.trim().is_empty() {
-            &rt.task.title
-        } else {
-            &rt.task.description
-        };
-        let s = &rt.subs[idx as usize];
-        let mut input = match &s.sub.input {
-            Value::Object(m) => m.clone(),
-            other => Map::from_iter([("input".to_owned(), other.clone())]),
-        };
-        input
-            .entry("brief")
-            .or_insert_with(|| Value::String(brief.clone()));
-        let mut dependencies = Map::new();
-        for &d in &s.sub.depends_on {
-            if let Some(dep) = rt.subs.get(d as usize) {
-                dependencies.insert(
-                    dep.sub.subtask_id.to_string(),
-                    dep.sub.outputs.clone().unwrap_or(Value::Null),
-                );
-            }
-        }
-        input.insert("dependencies".into(), Value::Object(dependencies));
+        let input = workflow::agent_input(&rt.task, &rt.subs, idx as usize);
         let s = &mut rt.subs[idx as usize];
         s.sub.attempts += 1;
         s.sub.assigned_agent = Some(agent_id.clone());
@@ -509,7 +487,7 @@ impl Engine {
         poll.grants.push(LeaseGrant {
             assignment,
             capability,
-            input: Value::Object(input),
+            input,
         });
         let full = poll.grants.len() as u32 >= poll.max
             || rt.in_flight.len() as u32 >= rt.agent.max_concurrency;

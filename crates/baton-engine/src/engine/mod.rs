@@ -18,7 +18,7 @@ use baton_core::{
     Agent, AgentId, Assignment, AssignmentId, Change, Event, IllegalTransition, Millis, Priority,
     Subtask, SubtaskState, Task, TaskId,
 };
-use baton_store::{Store, SubtaskUpdate, TaskUpdate, WriteBatch};
+use baton_store::{PlanReplacement, Store, SubtaskUpdate, TaskUpdate, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -54,7 +54,7 @@ pub(crate) struct TaskRt {
 
 impl TaskRt {
     /// Live state of a task: each subtask knows its dependents and how many of its
-    /// dependencies are not completed yet. Works for new tasks and for recovered ones.
+    /// dependencies are not done (completed or skipped) yet. Works for new tasks and for recovered ones.
     /// Edges are plan indices both ways, so a plan costs memory by its size, not by its edge
     /// count times the length of an id.
     pub fn new(task: Task, mut subtasks: Vec<Subtask>) -> TaskRt {
@@ -65,7 +65,7 @@ impl TaskRt {
             for &d in &s.depends_on {
                 if let Some(dep) = subtasks.get(d as usize) {
                     dependents[d as usize].push(i as u32);
-                    if dep.state != SubtaskState::Completed {
+                    if !dep.state.is_done() {
                         waiting[i] += 1;
                     }
                 }
@@ -95,9 +95,15 @@ impl TaskRt {
     }
 }
 
+impl AsRef<Subtask> for SubRt {
+    fn as_ref(&self) -> &Subtask {
+        &self.sub
+    }
+}
+
 pub(crate) struct SubRt {
     pub sub: Subtask,
-    /// Dependencies not yet completed.
+    /// Dependencies not yet done (completed or skipped).
     pub waiting: u32,
     /// Indices of the subtasks that depend on this one.
     pub dependents: Vec<u32>,
@@ -140,6 +146,8 @@ pub(crate) struct AgentRt {
 struct Outbox {
     /// Tasks created this turn, in order (inserted whole with their subtasks).
     new_tasks: Vec<i64>,
+    /// Tasks whose plan was replaced this turn (their subtasks rewritten whole).
+    plans: Vec<i64>,
     tasks: HashSet<i64>,
     subtasks: HashSet<(i64, u32)>,
     assignments: HashSet<AssignmentId>,
@@ -151,6 +159,7 @@ struct Outbox {
 impl Outbox {
     fn is_empty(&self) -> bool {
         self.new_tasks.is_empty()
+            && self.plans.is_empty()
             && self.tasks.is_empty()
             && self.subtasks.is_empty()
             && self.assignments.is_empty()
@@ -415,6 +424,10 @@ impl Engine {
                 let result = self.cancel(&task_id, now);
                 self.reply(reply, result);
             }
+            Command::ReplacePlan(task_id, plan, reply) => {
+                let result = self.replace_plan(&task_id, *plan, now);
+                self.reply(reply, result);
+            }
             Command::Register(spec, reply) => {
                 let result = self.register(spec, now);
                 self.reply(reply, result);
@@ -556,6 +569,10 @@ impl Engine {
         self.outbox.new_tasks.push(seq);
     }
 
+    pub(crate) fn write_plan(&mut self, seq: i64) {
+        self.outbox.plans.push(seq);
+    }
+
     pub(crate) fn write_task(&mut self, seq: i64) {
         self.outbox.tasks.insert(seq);
     }
@@ -591,6 +608,15 @@ impl Engine {
                 batch
                     .new_subtasks
                     .extend(rt.subs.iter().map(|s| s.sub.clone()));
+            }
+        }
+        for seq in std::mem::take(&mut outbox.plans) {
+            if let Some(rt) = self.tasks.get(&seq) {
+                batch.plans.push(PlanReplacement {
+                    task_id: rt.task.task_id.clone(),
+                    context: rt.task.context.clone(),
+                    subtasks: rt.subs.iter().map(|s| s.sub.clone()).collect(),
+                });
             }
         }
         for seq in outbox.tasks.iter().filter(|s| !new.contains(s)) {
@@ -770,6 +796,7 @@ fn refuse(cmd: Command, error: Error) {
     match cmd {
         Command::Submit(_, r) => drop(r.send(Err(error))),
         Command::Execute(_, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::ReplacePlan(_, _, r) => drop(r.send(Err(error))),
         Command::Register(_, r) => drop(r.send(Err(error))),
         Command::Drain(_, r) => drop(r.send(Err(error))),
         Command::Agents(r) => drop(r.send(Err(error))),

@@ -53,7 +53,8 @@ impl Engine {
                 continue;
             };
             let idx = idx as u32;
-            let timeout_ms = self.tasks[&seq].task.timeout_ms as i64;
+            let rt = &self.tasks[&seq];
+            let timeout_ms = rt.subs[idx as usize].sub.timeout_ms(rt.task.timeout_ms) as i64;
             a.lease_expires_at = a.lease_expires_at.max(now + lease_ms);
             let id = a.assignment_id.clone();
             if let Some(agent) = self.agents.get_mut(&a.agent_id) {
@@ -134,7 +135,7 @@ impl Engine {
                 }
             }
             SubtaskState::RetryWait => self.timers.at(now, Timer::Retry(seq, idx)),
-            SubtaskState::Pending if waiting == 0 => self.make_ready(seq, idx, now)?,
+            SubtaskState::Pending if waiting == 0 => self.unblocked(seq, idx, now)?,
             s if s.is_assigned() && !has_current => {
                 // Committed as assigned without a live assignment: treat the attempt as lost.
                 tracing::warn!(

@@ -214,22 +214,7 @@ impl Engine {
         self.set_state(seq, idx, SubtaskState::Completed, agent, None, now)?;
         let started = self.finish_assignment(id, AssignmentState::Completed, now)?;
         self.record_outcome(agent_id, true, now - started);
-        let dependents = self
-            .sub(seq, idx)
-            .map(|s| s.dependents.clone())
-            .unwrap_or_default();
-        for d in dependents {
-            let ready = match self.sub_mut(seq, d) {
-                Some(s) => {
-                    s.waiting = s.waiting.saturating_sub(1);
-                    s.waiting == 0 && s.sub.state == SubtaskState::Pending
-                }
-                None => false,
-            };
-            if ready {
-                self.make_ready(seq, d, now)?;
-            }
-        }
+        self.release_dependents(seq, idx, now)?;
         self.after_terminal_subtask(seq, now)?;
         Ok(self.assignment_info(id))
     }
@@ -310,8 +295,11 @@ impl Engine {
             s.current = None;
             s.sub.error = Some(note.clone());
         }
+        let max_attempts = self.tasks.get(&seq).map_or(1, |rt| {
+            rt.subs[idx as usize].sub.max_attempts(rt.task.max_attempts)
+        });
         let retry = baton_core::retry::RetryPolicy {
-            max_attempts: self.tasks.get(&seq).map_or(1, |t| t.task.max_attempts),
+            max_attempts,
             ..self.config.retry
         };
         let agent = Some(agent_id);

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use baton_core::{Change, Event, Millis, SubtaskState, Task, TaskId, TaskStatus};
+use baton_core::plan::Plan;
+use baton_core::{
+    workflow, Change, Event, Millis, PlannerRecord, SubtaskState, Task, TaskId, TaskStatus,
+};
 use serde_json::json;
 
 use super::{new_uuid, Engine, Internal, StoredTask, TaskRt};
@@ -113,6 +116,7 @@ impl Engine {
             started_at: None,
             finished_at: None,
             result: None,
+            context: new.context,
         };
         self.event(Event {
             task_id: task_id.clone(),
@@ -156,7 +160,7 @@ impl Engine {
         }
     }
 
-    /// `planned → running`; subtasks without dependencies become ready.
+    /// `planned → running`; subtasks without dependencies become ready (or skipped).
     fn start_task(&mut self, seq: i64, now: Millis) -> Result<(), Error> {
         self.set_task_status(seq, TaskStatus::Running, None, now)?;
         let roots: Vec<u32> = self.tasks[&seq]
@@ -166,9 +170,107 @@ impl Engine {
             .map(|s| s.sub.index)
             .collect();
         for idx in roots {
-            self.make_ready(seq, idx, now)?;
+            self.unblocked(seq, idx, now)?;
+        }
+        self.after_terminal_subtask(seq, now)
+    }
+
+    /// A pending subtask whose dependencies are all done: it is skipped when every one of them
+    /// was skipped or when its condition is false, else it becomes ready. Skips cascade to
+    /// dependents through a worklist (no recursion, however long the chain).
+    pub(crate) fn unblocked(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
+        let mut work = vec![idx];
+        while let Some(idx) = work.pop() {
+            let Some(rt) = self.tasks.get(&seq) else {
+                return Err(self.missing(format!("task #{seq}")));
+            };
+            let sub = &rt.subs[idx as usize].sub;
+            let all_skipped = !sub.depends_on.is_empty()
+                && sub
+                    .depends_on
+                    .iter()
+                    .all(|&d| rt.subs[d as usize].sub.state == SubtaskState::Skipped);
+            let skip = if all_skipped {
+                Some("every dependency was skipped".to_owned())
+            } else {
+                workflow::condition_holds(&rt.task, &rt.subs, idx as usize)
+                    .err()
+                    .map(|when| format!("condition is false: {when}"))
+            };
+            let Some(why) = skip else {
+                self.make_ready(seq, idx, now)?;
+                continue;
+            };
+            self.set_state(seq, idx, SubtaskState::Skipped, None, Some(why), now)?;
+            work.extend(self.release(seq, idx));
         }
         Ok(())
+    }
+
+    /// A subtask is done: count it off its dependents; those with nothing left to wait for
+    /// are unblocked.
+    pub(crate) fn release_dependents(
+        &mut self,
+        seq: i64,
+        idx: u32,
+        now: Millis,
+    ) -> Result<(), Error> {
+        for d in self.release(seq, idx) {
+            self.unblocked(seq, d, now)?;
+        }
+        Ok(())
+    }
+
+    /// Count `idx` off its dependents; the pending ones with nothing left to wait for.
+    fn release(&mut self, seq: i64, idx: u32) -> Vec<u32> {
+        let Some(rt) = self.tasks.get_mut(&seq) else {
+            return Vec::new();
+        };
+        let dependents = rt.subs[idx as usize].dependents.clone();
+        dependents
+            .into_iter()
+            .filter(|&d| {
+                let s = &mut rt.subs[d as usize];
+                s.waiting = s.waiting.saturating_sub(1);
+                s.waiting == 0 && s.sub.state == SubtaskState::Pending
+            })
+            .collect()
+    }
+
+    /// `PUT /tasks/{id}/plan`: replace the plan of a task that is still `planned`.
+    pub(crate) fn replace_plan(
+        &mut self,
+        task_id: &TaskId,
+        plan: Plan,
+        now: Millis,
+    ) -> Result<TaskSnapshot, Error> {
+        let Some(&seq) = self.task_ids.get(task_id) else {
+            return Err(not_found(task_id));
+        };
+        let rt = &self.tasks[&seq];
+        if rt.task.status != TaskStatus::Planned {
+            return Err(Error::Conflict(format!(
+                "task {task_id:?} is {}; only a planned task's plan can be replaced",
+                rt.task.status
+            )));
+        }
+        let mut task = rt.task.clone();
+        task.context.planner = Some(PlannerRecord::Client);
+        let subtasks = plan.instantiate(task_id, now);
+        let count = subtasks.len();
+        self.tasks.insert(seq, TaskRt::new(task, subtasks));
+        self.write_plan(seq);
+        self.event(Event {
+            task_id: task_id.clone(),
+            at: now,
+            change: Change::Task {
+                from: Some(TaskStatus::Planned),
+                to: TaskStatus::Planned,
+            },
+            agent: None,
+            note: Some(format!("plan replaced: {count} subtasks")),
+        });
+        Ok(snapshot(&self.tasks[&seq]))
     }
 
     /// `pending|retry_wait|blocked → ready`, then queue it.

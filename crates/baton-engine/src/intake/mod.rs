@@ -12,11 +12,12 @@
 //!   so two bodies that mean the same request compare equal.
 
 mod json;
+pub mod planning;
 
 use baton_api as api;
 use baton_core::ids::check_name;
-use baton_core::plan::{Plan, PlanStep};
-use baton_core::{planner, AssignmentId, Millis, Phase, Priority, TaskId};
+use baton_core::plan::Plan;
+use baton_core::{AssignmentId, Millis, Phase, Priority, TaskContext, TaskId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -24,6 +25,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
 pub use json::{Issues, Rejection};
+pub use planning::{Catalog, Published};
 
 use crate::handle::{AgentSpec, AttemptOutcome};
 
@@ -60,6 +62,8 @@ pub struct NewTask {
     /// The request in canonical form: equal requests are equal strings.
     pub request: String,
     pub plan: Plan,
+    /// Params, metadata and how the plan was made.
+    pub context: TaskContext,
     /// Start right away (`POST /tasks`), or only plan (`POST /orchestrate`).
     pub execute: bool,
 }
@@ -91,8 +95,14 @@ pub fn accept<T: DeserializeOwned + Serialize, O>(
     }
 }
 
-/// `POST /orchestrate` (`execute: false`) and `POST /tasks` (`execute: true`).
-pub fn submission(req: api::SubmitTask, execute: bool, issues: &mut Issues) -> Option<NewTask> {
+/// `POST /orchestrate` (`execute: false`) and `POST /tasks` (`execute: true`): the client's
+/// plan, else the workflow `task_type` names in `catalog`, else the rule-based plan.
+pub fn submission(
+    req: api::SubmitTask,
+    execute: bool,
+    catalog: &Catalog,
+    issues: &mut Issues,
+) -> Option<NewTask> {
     let request = canonical(&serde_json::to_value(&req).unwrap_or(Value::Null));
     let api::SubmitTask {
         task_id,
@@ -103,12 +113,9 @@ pub fn submission(req: api::SubmitTask, execute: bool, issues: &mut Issues) -> O
         metadata,
         payload: _,
         plan,
+        params,
     } = req;
-    if let Some(id) = &task_id {
-        name(issues, "task_id", id, false);
-    }
-    text(issues, "title", &title, MAX_TITLE);
-    text(issues, "description", &description, MAX_DESCRIPTION);
+    let common = common_fields(issues, task_id, &title, &description, priority, &metadata);
     if let Some(t) = &task_type {
         if t.chars().count() > MAX_TASK_TYPE {
             issues.add(
@@ -118,6 +125,115 @@ pub fn submission(req: api::SubmitTask, execute: bool, issues: &mut Issues) -> O
         } else {
             name(issues, "task_type", t, true);
         }
+    }
+    let planned = match plan {
+        Some(p) => planning::client_plan_with(p, params, issues),
+        None => planning::plan_for(
+            task_type.as_deref(),
+            params,
+            &title,
+            &description,
+            catalog,
+            issues,
+        ),
+    };
+    let (task_id, priority, due_at) = common?;
+    let (plan, context) = planned?;
+    if !issues.is_empty() {
+        return None;
+    }
+    Some(NewTask {
+        task_id,
+        title,
+        description,
+        task_type,
+        priority,
+        due_at,
+        request,
+        plan,
+        context: TaskContext {
+            metadata,
+            ..context
+        },
+        execute,
+    })
+}
+
+/// `POST /workflows/{id}/execute`: a running task of the `published` version.
+pub fn workflow_run(
+    req: api::ExecuteWorkflow,
+    published: &Published,
+    issues: &mut Issues,
+) -> Option<NewTask> {
+    let mut form = serde_json::to_value(&req).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut form {
+        m.insert(
+            "workflow".into(),
+            Value::String(published.workflow.name.clone()),
+        );
+        m.insert("version".into(), Value::from(published.version));
+    }
+    let request = canonical(&form);
+    let wf = &published.workflow;
+    let title = req.title.unwrap_or_else(|| wf.name.clone());
+    let description = req
+        .description
+        .or_else(|| wf.description.clone())
+        .unwrap_or_default();
+    let common = common_fields(
+        issues,
+        req.task_id,
+        &title,
+        "-",
+        req.priority,
+        &req.metadata,
+    );
+    if description.chars().count() > MAX_DESCRIPTION {
+        issues.add(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        );
+    }
+    let planned = planning::instantiate(published, req.params, issues);
+    let (task_id, priority, due_at) = common?;
+    let (plan, context) = planned?;
+    if !issues.is_empty() {
+        return None;
+    }
+    Some(NewTask {
+        task_id,
+        title,
+        description,
+        task_type: Some(wf.name.clone()),
+        priority,
+        due_at,
+        request,
+        plan,
+        context: TaskContext {
+            metadata: req.metadata,
+            ..context
+        },
+        execute: true,
+    })
+}
+
+/// The fields every submission shares: the id, title, description (`-` skips its check),
+/// priority and the due date in the metadata.
+fn common_fields(
+    issues: &mut Issues,
+    task_id: Option<String>,
+    title: &str,
+    description: &str,
+    priority: Option<api::PriorityInput>,
+    metadata: &Option<Value>,
+) -> Option<(Option<TaskId>, Priority, Option<Millis>)> {
+    let before = issues.len();
+    if let Some(id) = &task_id {
+        name(issues, "task_id", id, false);
+    }
+    text(issues, "title", title, MAX_TITLE);
+    if description != "-" {
+        text(issues, "description", description, MAX_DESCRIPTION);
     }
     let priority = match priority {
         None => Priority::default(),
@@ -153,29 +269,16 @@ pub fn submission(req: api::SubmitTask, execute: bool, issues: &mut Issues) -> O
             None
         }
     };
-    let plan = match plan {
-        Some(p) => client_plan(p, issues),
-        None => Some(planner::plan(task_type.as_deref(), &title, &description)),
-    };
-    if !issues.is_empty() {
-        return None;
-    }
-    Some(NewTask {
-        task_id: task_id.map(TaskId),
-        title,
-        description,
-        task_type,
-        priority,
-        due_at,
-        request,
-        plan: plan?,
-        execute,
-    })
+    (issues.len() == before).then_some((task_id.map(TaskId), priority, due_at))
 }
 
 /// `POST /tasks/batch`: every task checked (problems under `tasks[i]`), nothing accepted
 /// unless all are.
-pub fn batch(req: api::SubmitBatch, issues: &mut Issues) -> Option<Vec<NewTask>> {
+pub fn batch(
+    req: api::SubmitBatch,
+    catalog: &Catalog,
+    issues: &mut Issues,
+) -> Option<Vec<NewTask>> {
     let execute = req.execute.unwrap_or(true);
     if req.tasks.is_empty() || req.tasks.len() > MAX_BATCH {
         issues.add("tasks", format!("must be a list of 1 to {MAX_BATCH} tasks"));
@@ -184,42 +287,12 @@ pub fn batch(req: api::SubmitBatch, issues: &mut Issues) -> Option<Vec<NewTask>>
     let mut out = Vec::with_capacity(req.tasks.len());
     for (i, task) in req.tasks.into_iter().enumerate() {
         let mut own = Issues::default();
-        match submission(task, execute, &mut own) {
+        match submission(task, execute, catalog, &mut own) {
             Some(t) if own.is_empty() => out.push(t),
             _ => issues.extend_under(&format!("tasks[{i}]"), own),
         }
     }
     issues.is_empty().then_some(out)
-}
-
-/// A client plan: each step's shape was checked by its type; here its input must be an
-/// object, and the graph must be valid (see [`Plan::validate`]).
-fn client_plan(plan: api::ClientPlan, issues: &mut Issues) -> Option<Plan> {
-    let mut steps = Vec::with_capacity(plan.subtasks.len());
-    let mut ok = true;
-    for (i, step) in plan.subtasks.into_iter().enumerate() {
-        let input = match step.input {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                issues.add(format!("plan.subtasks[{i}].input"), "must be an object");
-                ok = false;
-                Map::new()
-            }
-        };
-        steps.push(PlanStep {
-            key: step.id,
-            capability: step.capability,
-            depends_on: step.depends_on,
-            input,
-        });
-    }
-    let plan = Plan { steps };
-    for problem in plan.validate("plan") {
-        issues.add(problem.field, problem.issue);
-        ok = false;
-    }
-    ok.then_some(plan)
 }
 
 /// `POST /execute/{task_id}`.
@@ -453,7 +526,10 @@ mod tests {
     use serde_json::json;
 
     fn submit(body: Value) -> Result<NewTask, Vec<String>> {
-        accept(body.to_string().as_bytes(), |r, i| submission(r, false, i)).map_err(|e| match e {
+        accept(body.to_string().as_bytes(), |r, i| {
+            submission(r, false, &Catalog::builtin(), i)
+        })
+        .map_err(|e| match e {
             Rejection::Invalid(list) => list.into_iter().map(|i| i.field).collect(),
             Rejection::Malformed(m) => vec![m],
         })
@@ -502,13 +578,16 @@ mod tests {
         #[test]
         fn the_intake_never_panics(v in arb_json()) {
             let bytes = v.to_string().into_bytes();
-            let _ = accept(&bytes, |r, i| submission(r, true, i));
-            let _ = accept(&bytes, batch);
+            let catalog = Catalog::default();
+            let _ = accept(&bytes, |r, i| submission(r, true, &catalog, i));
+            let _ = accept(&bytes, |r, i| batch(r, &catalog, i));
             let _ = accept(&bytes, registration);
             let _ = accept(&bytes, results);
             let _ = accept(&bytes, progress);
             let wrapped = json!({"title": "t", "description": "d", "plan": {"subtasks": [v]}});
-            let _ = accept(wrapped.to_string().as_bytes(), |r, i| submission(r, true, i));
+            let _ = accept(wrapped.to_string().as_bytes(), |r, i| {
+                submission(r, true, &catalog, i)
+            });
         }
     }
 

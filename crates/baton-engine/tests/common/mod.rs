@@ -152,8 +152,14 @@ impl Scenario {
                 "id": key, "capability": cap, "depends_on": deps,
             })).collect::<Vec<_>>()},
         });
+        Self::task_from(body)
+    }
+
+    /// A task from a whole `POST /tasks` body, through the intake.
+    pub fn task_from(body: serde_json::Value) -> NewTask {
+        let catalog = intake::Catalog::default();
         intake::accept(body.to_string().as_bytes(), |r, i| {
-            intake::submission(r, true, i)
+            intake::submission(r, true, &catalog, i)
         })
         .expect("valid task")
     }
@@ -266,8 +272,16 @@ impl Scenario {
         for e in detail.events {
             let what = match &e.change {
                 Change::Task { .. } => "task".to_owned(),
-                Change::Subtask { subtask_id, .. } => keys[subtask_id.as_str()].clone(),
-                Change::Phase { subtask_id, .. } => format!("{} phase", keys[subtask_id.as_str()]),
+                // A subtask of a replaced plan is shown by its id.
+                Change::Subtask { subtask_id, .. } => keys
+                    .get(subtask_id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| subtask_id.to_string()),
+                Change::Phase { subtask_id, .. } => format!(
+                    "{} phase",
+                    keys.get(subtask_id.as_str())
+                        .map_or(subtask_id.as_str(), String::as_str)
+                ),
             };
             let (from, to) = e.change.names();
             let mut line = format!(

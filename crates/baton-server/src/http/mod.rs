@@ -3,6 +3,7 @@
 mod agents;
 mod assignments;
 mod tasks;
+mod workflows;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(agents::router())
         .merge(assignments::router())
+        .merge(workflows::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -27,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/batch", post(submit_batch))
         .route("/tasks/{task_id}", get(detail))
         .route("/tasks/{task_id}/cancel", put(cancel))
+        .route("/tasks/{task_id}/plan", put(replace_plan))
+        .route("/plan", post(preview))
         .route("/execute/{task_id}", post(execute))
 }
 
@@ -35,10 +37,16 @@ async fn accept(
     body: RawBody,
     execute: bool,
 ) -> Result<(StatusCode, Json<api::PlannedTask>), ApiError> {
-    let new = intake::accept(&body.0, |req, issues| {
-        intake::submission(req, execute, issues)
+    let new = state.planning.with_catalog(|catalog| {
+        intake::accept(&body.0, |req, issues| {
+            intake::submission(req, execute, catalog, issues)
+        })
     })?;
-    Ok(match state.engine.submit(new).await? {
+    let submitted = state
+        .planning
+        .submit(&state.engine, state.store.as_ref(), new)
+        .await?;
+    Ok(match submitted {
         Submitted::Created(s) => (StatusCode::CREATED, Json(convert::planned(&s))),
         Submitted::Existing(s) => (StatusCode::OK, Json(convert::planned(&s))),
     })
@@ -65,9 +73,16 @@ async fn submit_batch(
     State(state): State<AppState>,
     body: RawBody,
 ) -> Result<Json<api::SubmitBatchReply>, ApiError> {
-    let tasks = intake::accept(&body.0, intake::batch)?;
-    let answers =
-        futures::future::join_all(tasks.into_iter().map(|t| state.engine.submit(t))).await;
+    let tasks = state.planning.with_catalog(|catalog| {
+        intake::accept(&body.0, |req, issues| intake::batch(req, catalog, issues))
+    })?;
+    let store = state.store.as_ref();
+    let answers = futures::future::join_all(
+        tasks
+            .into_iter()
+            .map(|t| state.planning.submit(&state.engine, store, t)),
+    )
+    .await;
     let tasks = answers
         .into_iter()
         .map(|answer| match answer {
@@ -113,6 +128,33 @@ async fn execute(
     }))
 }
 
+/// `PUT /tasks/{id}/plan`: replace the plan of a task that is still `planned`.
+async fn replace_plan(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+    body: RawBody,
+) -> Result<Json<api::PlannedTask>, ApiError> {
+    let plan = intake::accept(&body.0, intake::planning::client_plan)?;
+    let task_id = TaskId(task_id);
+    let replaced = state.engine.replace_plan(task_id.clone(), plan).await;
+    let snapshot = or_finished(&state, &task_id, replaced).await?;
+    Ok(Json(convert::planned(&snapshot)))
+}
+
+/// `POST /plan`: the plan a submission of this body would get, without creating anything.
+async fn preview(
+    State(state): State<AppState>,
+    body: RawBody,
+) -> Result<Json<api::PlannedTask>, ApiError> {
+    let new = state.planning.with_catalog(|catalog| {
+        intake::accept(&body.0, |req, issues| {
+            intake::submission(req, false, catalog, issues)
+        })
+    })?;
+    let new = state.planning.preview(&state.engine, new).await;
+    Ok(Json(convert::preview(&new, now_ms())))
+}
+
 async fn cancel(
     State(state): State<AppState>,
     PathId(task_id): PathId,
@@ -127,11 +169,11 @@ async fn cancel(
 
 /// The engine forgets finished tasks once they are durable; a task it does not know may
 /// still be in the store, finished, which makes the request a conflict rather than a 404.
-async fn or_finished(
+async fn or_finished<T>(
     state: &AppState,
     task_id: &TaskId,
-    result: Result<TaskStatus, baton_engine::Error>,
-) -> Result<TaskStatus, ApiError> {
+    result: Result<T, baton_engine::Error>,
+) -> Result<T, ApiError> {
     match result {
         Err(baton_engine::Error::NotFound(m)) => match state.store.task(task_id).await? {
             Some((task, _)) => Err(ApiError::conflict(format!(

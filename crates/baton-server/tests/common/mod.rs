@@ -125,10 +125,19 @@ impl TestServer {
 
     /// A server with the given engine settings, on a fresh data directory.
     pub async fn start_with(engine: baton_engine::Config) -> TestServer {
+        TestServer::start_with_llm(engine, None).await
+    }
+
+    /// A server with the given engine settings and LLM planner, on a fresh data directory.
+    pub async fn start_with_llm(
+        engine: baton_engine::Config,
+        llm: Option<baton_server::LlmConfig>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let server = Server::open(Options {
             data_dir: dir.path().to_path_buf(),
             engine,
+            llm,
         })
         .await
         .expect("the server opens");

@@ -2,7 +2,7 @@
 //!
 //! Invariants:
 //! - Rows are written in the order [`WriteBatch`] documents (agents, new tasks, new subtasks,
-//!   task updates, subtask updates, assignments, events), each kind in list order, so a later
+//!   plan replacements, task updates, subtask updates, assignments, events), each kind in list order, so a later
 //!   write of the same row wins.
 //! - Any failed statement returns early and drops the transaction, which rolls the whole batch
 //!   back.
@@ -12,7 +12,7 @@
 //!   is its rows' B-tree writes.
 
 use super::timeline;
-use crate::{Error, Result, SubtaskUpdate, TaskUpdate, WriteBatch};
+use crate::{Error, PlanReplacement, Result, SubtaskUpdate, TaskUpdate, WriteBatch};
 use baton_core::{Agent, AgentId, Assignment, Event, Subtask, Task};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, ToSql, TransactionBehavior};
@@ -28,11 +28,13 @@ const UPSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, kind, capabiliti
          token_hash = excluded.token_hash, created_at = excluded.created_at";
 const INSERT_TASK: &str = "INSERT INTO tasks (seq, task_id, title, description, task_type, \
          priority, status, request, due_at, max_attempts, timeout_ms, created_at, started_at, \
-         finished_at, result) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+         finished_at, result, context) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 const INSERT_SUBTASK: &str = "INSERT INTO subtasks (task_id, idx, subtask_id, key, capability, \
-         depends_on, input, state, attempts, assigned_agent, outputs, error, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+         depends_on, input, state, attempts, assigned_agent, outputs, error, updated_at, rules) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+const DELETE_SUBTASKS: &str = "DELETE FROM subtasks WHERE task_id = ?1";
+const UPDATE_CONTEXT: &str = "UPDATE tasks SET context = ?2 WHERE task_id = ?1";
 pub(super) const UPDATE_TASK: &str = "UPDATE tasks \
      SET status = ?2, started_at = ?3, finished_at = ?4, result = ?5 \
      WHERE task_id = ?1";
@@ -55,10 +57,12 @@ const INSERT_EVENTS: &str = "INSERT INTO events (task_id, commit_no, items) VALU
 
 /// Every statement a commit runs.
 #[cfg(test)]
-const STATEMENTS: [&str; 9] = [
+const STATEMENTS: [&str; 11] = [
     UPSERT_AGENT,
     INSERT_TASK,
     INSERT_SUBTASK,
+    DELETE_SUBTASKS,
+    UPDATE_CONTEXT,
     UPDATE_TASK,
     UPDATE_SUBTASK,
     UPSERT_ASSIGNMENT,
@@ -77,6 +81,7 @@ pub(super) fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
     upsert_agents(&tx, &batch.agents)?;
     insert_tasks(&tx, &batch.new_tasks)?;
     insert_subtasks(&tx, &batch.new_subtasks)?;
+    replace_plans(&tx, &batch.plans)?;
     update_tasks(&tx, &batch.task_updates)?;
     update_subtasks(&tx, &batch.subtask_updates)?;
     upsert_assignments(&tx, &batch.assignments)?;
@@ -128,6 +133,7 @@ fn insert_tasks(tx: &Connection, tasks: &[Task]) -> Result<()> {
             t.started_at,
             t.finished_at,
             Json(t.result.as_ref()),
+            optional_json(&t.context, t.context.is_empty())?,
         ])
         .map_err(|e| Error::backend(format!("inserting task {}", t.task_id), e))?;
     }
@@ -154,8 +160,32 @@ fn insert_subtasks(tx: &Connection, subtasks: &[Subtask]) -> Result<()> {
             Json(s.outputs.as_ref()),
             s.error,
             s.updated_at,
+            match &s.rules {
+                Some(rules) => Some(to_json(rules)?),
+                None => None,
+            },
         ])
         .map_err(|e| Error::backend(format!("inserting subtask {}", s.subtask_id), e))?;
+    }
+    Ok(())
+}
+
+/// Replace the subtasks of each task (still `planned`) and its context.
+fn replace_plans(tx: &Connection, plans: &[PlanReplacement]) -> Result<()> {
+    for p in plans {
+        let found = tx.prepare_cached(UPDATE_CONTEXT)?.execute(params![
+            p.task_id.as_str(),
+            optional_json(&p.context, p.context.is_empty())?
+        ])?;
+        if found != 1 {
+            return Err(Error::backend_msg(format!(
+                "plan replacement of unknown task {}",
+                p.task_id
+            )));
+        }
+        tx.prepare_cached(DELETE_SUBTASKS)?
+            .execute([p.task_id.as_str()])?;
+        insert_subtasks(tx, &p.subtasks)?;
     }
     Ok(())
 }
@@ -331,6 +361,15 @@ struct JsonText<'a>(&'a [u8]);
 impl ToSql for JsonText<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.0)))
+    }
+}
+
+/// `value` as JSON text, or SQL `NULL` when `empty`.
+fn optional_json<T: serde::Serialize>(value: &T, empty: bool) -> Result<Option<String>> {
+    if empty {
+        Ok(None)
+    } else {
+        to_json(value).map(Some)
     }
 }
 
