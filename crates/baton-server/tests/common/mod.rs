@@ -103,6 +103,8 @@ pub enum Body {
     Json(Value),
     /// Sent verbatim as `application/json`, for malformed or key-ordered bodies.
     Text(String),
+    /// Sent verbatim as `application/yaml`.
+    Yaml(String),
 }
 
 /// A running server on a loopback port.
@@ -189,6 +191,7 @@ impl TestServer {
             Body::None => req,
             Body::Json(v) => req.json(&v),
             Body::Text(t) => req.header("content-type", "application/json").body(t),
+            Body::Yaml(t) => req.header("content-type", "application/yaml").body(t),
         };
         let response = req
             .send()
@@ -239,6 +242,15 @@ impl TestServer {
 
     pub async fn put(&self, path: &str) -> Reply {
         self.raw(Method::PUT, path, Body::None, None).await
+    }
+
+    pub async fn put_json(&self, path: &str, body: Value) -> Reply {
+        self.raw(Method::PUT, path, Body::Json(body), None).await
+    }
+
+    pub async fn post_yaml(&self, path: &str, body: impl Into<String>) -> Reply {
+        self.raw(Method::POST, path, Body::Yaml(body.into()), None)
+            .await
     }
 
     /// `GET /tasks/{id}`, which must exist.
