@@ -605,4 +605,169 @@ mod tests {
         // A step without references gets its input as it is.
         assert_eq!(resolved_input(&task, &subs, 0), json!({}));
     }
+
+    use proptest::prelude::*;
+
+    /// Whether `j` is reachable upstream from `i` (by walking `depends_on`), without cycles.
+    fn upstream_of(steps: &[PlanStep], i: usize, j: usize) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![i];
+        while let Some(k) = stack.pop() {
+            for d in &steps[k].depends_on {
+                if let Some(x) = steps.iter().position(|s| &s.key == d) {
+                    if x == j {
+                        return true;
+                    }
+                    if seen.insert(x) {
+                        stack.push(x);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Random steps, mostly well-formed (edges and references pointing back, declared params,
+    /// parseable conditions) with some of each kind of defect: forward edges, references to
+    /// later or unknown steps, undeclared params, broken conditions.
+    fn arb_steps() -> impl Strategy<Value = Vec<PlanStep>> {
+        (1usize..12).prop_flat_map(|n| {
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec((0..n, proptest::bool::weighted(0.05)), 0..3),
+                    proptest::option::of((0..n, proptest::bool::weighted(0.05))),
+                    proptest::bool::weighted(0.05),
+                    proptest::option::of(prop_oneof![
+                        8 => Just("params.p == 1 or not exists(metadata.x)"),
+                        1 => Just("params.p =="),
+                    ]),
+                ),
+                n,
+            )
+            .prop_map(|specs| {
+                let back = |i: usize, d: usize, anywhere: bool| {
+                    if anywhere {
+                        Some(d)
+                    } else if i == 0 {
+                        None
+                    } else {
+                        Some(d % i)
+                    }
+                };
+                specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (deps, reference, undeclared, when))| {
+                        let param = if undeclared { "q" } else { "p" };
+                        let mut input = json!({ "p": format!("${{params.{param}}}") });
+                        if let Some(r) = reference.and_then(|(r, any)| back(i, r, any)) {
+                            input["r"] = json!(format!("${{steps.s{r}.outputs.v}}"));
+                        }
+                        let mut deps: Vec<String> = deps
+                            .into_iter()
+                            .filter_map(|(d, any)| back(i, d, any))
+                            .map(|d| format!("s{d}"))
+                            .collect();
+                        deps.dedup();
+                        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+                        step(&format!("s{i}"), &deps, input, when)
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    proptest! {
+        /// Whatever is accepted is acyclic and reads only declared params and upstream steps;
+        /// whatever is refused says where, at a path that exists.
+        #[test]
+        fn accepted_workflows_are_acyclic_and_refusals_name_their_field(steps in arb_steps()) {
+            let declared = params(&["p"]);
+            let issues = check_steps(&steps, "steps", &declared);
+            if issues.is_empty() {
+                let plan = Plan { steps: steps.clone() };
+                prop_assert!(plan.find_cycle().is_none());
+                for (i, s) in steps.iter().enumerate() {
+                    prop_assert!(!s.depends_on.contains(&s.key));
+                    for (_, r) in expr::template_refs(&Value::Object(s.input.clone())) {
+                        let r = r.expect("accepted references parse");
+                        if let Some(name) = r.step() {
+                            let j = steps.iter().position(|x| x.key == name).expect("known step");
+                            prop_assert!(upstream_of(&steps, i, j), "{} reads {}", s.key, name);
+                        }
+                        if let Some(p) = r.param() {
+                            prop_assert!(declared.contains_key(p));
+                        }
+                    }
+                }
+            } else {
+                for issue in &issues {
+                    prop_assert!(!issue.issue.is_empty());
+                    let at = issue.field.strip_prefix("steps").expect("under steps");
+                    if let Some(rest) = at.strip_prefix('[') {
+                        let index: usize = rest.split(']').next().unwrap().parse().unwrap();
+                        prop_assert!(index < steps.len(), "{issue:?}");
+                    } else {
+                        prop_assert_eq!(at, "", "{:?}", issue);
+                    }
+                }
+            }
+        }
+
+        /// A valid chain with one defect put in: refused, naming the defect's field.
+        #[test]
+        fn one_defect_is_named(n in 2usize..10, at in 0usize..10, defect in 0usize..7) {
+            let at = at % n;
+            let mut steps: Vec<PlanStep> = (0..n)
+                .map(|i| {
+                    let deps = if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] };
+                    let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+                    step(&format!("s{i}"), &deps, json!({ "p": "${params.p}" }), None)
+                })
+                .collect();
+            prop_assert!(check_steps(&steps, "steps", &params(&["p"])).is_empty());
+            let expected = match defect {
+                0 => {
+                    steps[at].depends_on.push("nowhere".into());
+                    format!("steps[{at}].depends_on[{}]", steps[at].depends_on.len() - 1)
+                }
+                1 => {
+                    steps[at].depends_on.push(format!("s{at}"));
+                    format!("steps[{at}].depends_on[{}]", steps[at].depends_on.len() - 1)
+                }
+                2 => {
+                    let other = (at + 1) % n;
+                    steps[other].key = format!("s{at}");
+                    format!("steps[{}].id", other.max(at))
+                }
+                3 => {
+                    // s0 waits for the last step: a loop through the whole chain.
+                    steps[0].depends_on.push(format!("s{}", n - 1));
+                    "steps".to_owned()
+                }
+                4 => {
+                    // A later step is not upstream.
+                    let (from, to) = (at.min(n - 2), at.min(n - 2) + 1);
+                    steps[from].input.insert("x".into(), json!(format!("${{steps.s{to}.outputs.v}}")));
+                    format!("steps[{from}].input.x")
+                }
+                5 => {
+                    steps[at].input.insert("y".into(), json!("${params.undeclared}"));
+                    format!("steps[{at}].input.y")
+                }
+                _ => {
+                    steps[at].rules = Some(Box::new(StepRules {
+                        when: Some("params.p ==".into()),
+                        ..StepRules::default()
+                    }));
+                    format!("steps[{at}].when")
+                }
+            };
+            let issues = check_steps(&steps, "steps", &params(&["p"]));
+            prop_assert!(
+                issues.iter().any(|i| i.field == expected),
+                "expected {} in {:?}", expected, issues
+            );
+        }
+    }
 }

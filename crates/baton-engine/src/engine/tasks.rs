@@ -268,7 +268,10 @@ impl Engine {
                 to: TaskStatus::Planned,
             },
             agent: None,
-            note: Some(format!("plan replaced: {count} subtasks")),
+            note: Some(format!(
+                "plan replaced: {count} subtask{}",
+                if count == 1 { "" } else { "s" }
+            )),
         });
         Ok(snapshot(&self.tasks[&seq]))
     }
