@@ -372,6 +372,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_workflows_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workflows");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("examples/workflows") {
+            let path = entry.unwrap().path();
+            let text = std::fs::read(&path).unwrap();
+            let json = match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => yaml_to_json(&text).unwrap(),
+                _ => text,
+            };
+            let (wf, _) = read_definition(&json).unwrap_or_else(|e| panic!("{path:?}: {e:?}"));
+            names.push(wf.name);
+        }
+        names.sort();
+        assert_eq!(names, ["release_notes", "research_brief"]);
+    }
+
+    #[test]
     fn yaml_reads_like_json_and_refuses_what_json_cannot_say() {
         let json = yaml_to_json(b"name: w\nsteps:\n  - id: a\n    capability: c\n").unwrap();
         let (wf, _) = read_definition(&json).unwrap();
