@@ -169,6 +169,7 @@ async fn a_new_version_never_disturbs_a_running_task() {
     // Both versions stay readable; the latest is the default; an old one can still run.
     let latest = server.get("/workflows/versioned").await;
     assert_eq!(latest.body["version"], 2);
+    assert_eq!(latest.body["definition"]["steps"][0]["capability"], "two");
     let old = server.get("/workflows/versioned?version=1").await;
     assert_eq!(old.body["definition"]["steps"][1]["id"], "b");
     let rerun = server
@@ -178,6 +179,22 @@ async fn a_new_version_never_disturbs_a_running_task() {
         )
         .await;
     assert_eq!(rerun.body["subtasks"].as_array().unwrap().len(), 2);
+    // The same run again is the same task (whatever version is the latest by then); the same
+    // id with another body is a conflict.
+    let v3 = server.post_text("/workflows", V1).await;
+    assert_eq!(v3.body["version"], 3, "{v3:?}");
+    let again = server
+        .post("/workflows/versioned/execute", json!({"task_id": "v-2"}))
+        .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body["subtasks"][0]["agent"], "two");
+    server
+        .post(
+            "/workflows/versioned/execute",
+            json!({"task_id": "v-2", "title": "other"}),
+        )
+        .await
+        .assert_error(409, "conflict");
     server
         .get("/workflows/versioned?version=9")
         .await

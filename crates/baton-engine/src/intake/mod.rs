@@ -115,7 +115,8 @@ pub fn submission(
         plan,
         params,
     } = req;
-    let common = common_fields(issues, task_id, &title, &description, priority, &metadata);
+    let common = common_fields(issues, task_id, &title, priority, &metadata);
+    text(issues, "description", &description, MAX_DESCRIPTION);
     if let Some(t) = &task_type {
         if t.chars().count() > MAX_TASK_TYPE {
             issues.add(
@@ -166,12 +167,13 @@ pub fn workflow_run(
     issues: &mut Issues,
 ) -> Option<NewTask> {
     let mut form = serde_json::to_value(&req).unwrap_or(Value::Null);
+    // The same body for the same workflow is the same request, whichever version is the
+    // latest by the time it is sent again.
     if let Value::Object(m) = &mut form {
         m.insert(
             "workflow".into(),
             Value::String(published.workflow.name.clone()),
         );
-        m.insert("version".into(), Value::from(published.version));
     }
     let request = canonical(&form);
     let wf = &published.workflow;
@@ -180,14 +182,7 @@ pub fn workflow_run(
         .description
         .or_else(|| wf.description.clone())
         .unwrap_or_default();
-    let common = common_fields(
-        issues,
-        req.task_id,
-        &title,
-        "-",
-        req.priority,
-        &req.metadata,
-    );
+    let common = common_fields(issues, req.task_id, &title, req.priority, &req.metadata);
     if description.chars().count() > MAX_DESCRIPTION {
         issues.add(
             "description",
@@ -217,13 +212,12 @@ pub fn workflow_run(
     })
 }
 
-/// The fields every submission shares: the id, title, description (`-` skips its check),
-/// priority and the due date in the metadata.
+/// The fields every submission shares: the id, title, priority and the due date in the
+/// metadata.
 fn common_fields(
     issues: &mut Issues,
     task_id: Option<String>,
     title: &str,
-    description: &str,
     priority: Option<api::PriorityInput>,
     metadata: &Option<Value>,
 ) -> Option<(Option<TaskId>, Priority, Option<Millis>)> {
@@ -232,9 +226,6 @@ fn common_fields(
         name(issues, "task_id", id, false);
     }
     text(issues, "title", title, MAX_TITLE);
-    if description != "-" {
-        text(issues, "description", description, MAX_DESCRIPTION);
-    }
     let priority = match priority {
         None => Priority::default(),
         Some(p) => {
