@@ -26,6 +26,8 @@ use baton_store::Store;
 pub const DEFAULT_LLM_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest LLM answer read.
 const MAX_LLM_ANSWER: usize = 1024 * 1024;
+/// LLM requests in flight at once (a batch of many tasks queues behind these).
+const MAX_LLM_IN_FLIGHT: usize = 16;
 
 /// Where the LLM planner is (any OpenAI-compatible chat-completions API).
 #[derive(Clone)]
@@ -60,6 +62,7 @@ pub struct Planning {
 struct Llm {
     config: LlmConfig,
     http: reqwest::Client,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Planning {
@@ -93,6 +96,7 @@ impl Planning {
                 .build()
                 .unwrap_or_default(),
             config,
+            in_flight: tokio::sync::Semaphore::new(MAX_LLM_IN_FLIGHT),
         });
         if let Some(l) = &llm {
             tracing::info!(url = %l.config.url, model = %l.config.model, "LLM planner configured");
@@ -227,6 +231,12 @@ impl Llm {
             &capabilities,
         );
         let url = format!("{}/chat/completions", self.config.url.trim_end_matches('/'));
+        // The timeout runs from the request on, not while waiting for a turn.
+        let _turn = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| "the LLM planner is shutting down".to_owned())?;
         let mut request = self.http.post(&url).json(&body);
         if let Some(key) = &self.config.api_key {
             request = request.bearer_auth(key);

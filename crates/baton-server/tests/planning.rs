@@ -502,5 +502,30 @@ async fn a_planned_task_takes_a_new_plan_until_it_runs() {
         .status_history
         .iter()
         .any(|e| e.note.as_deref() == Some("plan replaced: 2 subtasks")));
+
+    // A new plan may read the params the task was submitted with, and no others.
+    let from_workflow = server
+        .post(
+            "/orchestrate",
+            json!({"task_id": "re-wf", "title": "t", "description": "d",
+                   "task_type": "feature_development", "params": {"database": false}}),
+        )
+        .await;
+    assert_eq!(from_workflow.status, 201, "{from_workflow:?}");
+    server
+        .put_json(
+            "/tasks/re-wf/plan",
+            json!({"subtasks": [{"id": "a", "capability": "x", "input": {"n": "${params.nope}"}}]}),
+        )
+        .await
+        .assert_invalid(&["plan.subtasks[0].input.n"]);
+    let replaced = server
+        .put_json(
+            "/tasks/re-wf/plan",
+            json!({"subtasks": [{"id": "a", "capability": "x", "when": "params.database",
+                                 "input": {"db": "${params.database}"}}]}),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{replaced:?}");
     server.shutdown().await;
 }

@@ -145,10 +145,18 @@ pub fn steps(list: Vec<api::ClientStep>, at: &str, issues: &mut Issues) -> Vec<P
     out
 }
 
-/// The body of `PUT /tasks/{id}/plan`: its steps may reference metadata, the task and
-/// upstream steps (the task's params are fixed at submission; a new plan cannot read them).
-pub fn client_plan(plan: api::ClientPlan, issues: &mut Issues) -> Option<Plan> {
-    checked_plan(plan, &BTreeMap::new(), issues)
+/// The body of `PUT /tasks/{id}/plan`: its steps may reference metadata, the task, upstream
+/// steps and the task's `params` (fixed at submission).
+pub fn replacement_plan(
+    plan: api::ClientPlan,
+    params: &Map<String, Value>,
+    issues: &mut Issues,
+) -> Option<Plan> {
+    let declared: BTreeMap<String, ParamSpec> = params
+        .keys()
+        .map(|k| (k.clone(), ParamSpec::default()))
+        .collect();
+    checked_plan(plan, &declared, issues)
 }
 
 /// The `plan` of a submission with its `params` (an object, or absent), which its steps may
@@ -166,11 +174,7 @@ pub fn client_plan_with(
             return None;
         }
     };
-    let declared: BTreeMap<String, ParamSpec> = params
-        .keys()
-        .map(|k| (k.clone(), ParamSpec::default()))
-        .collect();
-    let plan = checked_plan(plan, &declared, issues)?;
+    let plan = replacement_plan(plan, &params, issues)?;
     let context = TaskContext {
         params,
         planner: Some(PlannerRecord::Client),

@@ -134,8 +134,15 @@ async fn replace_plan(
     PathId(task_id): PathId,
     body: RawBody,
 ) -> Result<Json<api::PlannedTask>, ApiError> {
-    let plan = intake::accept(&body.0, intake::planning::client_plan)?;
     let task_id = TaskId(task_id);
+    // The new plan may read the task's params; an unknown task has none (and is a 404 below).
+    let params = match state.store.task(&task_id).await? {
+        Some((task, _)) => task.context.params,
+        None => Default::default(),
+    };
+    let plan = intake::accept(&body.0, |req, issues| {
+        intake::planning::replacement_plan(req, &params, issues)
+    })?;
     let replaced = state.engine.replace_plan(task_id.clone(), plan).await;
     let snapshot = or_finished(&state, &task_id, replaced).await?;
     Ok(Json(convert::planned(&snapshot)))
