@@ -14,11 +14,13 @@ use std::fmt;
 use std::time::Duration;
 
 use baton_api::{
-    AgentList, AgentView, AssignmentReply, CompleteRequest, ErrorBody, ExecuteRequest, FailRequest,
-    Health, HeartbeatReply, HeartbeatRequest, LeaseRequest, LeaseResponse, PlannedTask,
-    ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply, ResultsRequest, SubmitBatch,
-    SubmitBatchReply, SubmitTask, TaskDetail, TaskList, TaskStatusReply,
+    AgentList, AgentView, AssignmentReply, ClientPlan, CompleteRequest, ErrorBody, ExecuteRequest,
+    ExecuteWorkflow, FailRequest, Health, HeartbeatReply, HeartbeatRequest, LeaseRequest,
+    LeaseResponse, PlannedTask, ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply,
+    ResultsRequest, SubmitBatch, SubmitBatchReply, SubmitTask, TaskDetail, TaskList,
+    TaskStatusReply, WorkflowCreated, WorkflowDef, WorkflowList, WorkflowView,
 };
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -205,8 +207,12 @@ impl Client {
         self.submission(&["tasks"], task).await
     }
 
-    async fn submission(&self, path: &[&str], task: &SubmitTask) -> Result<Submitted, Error> {
-        let req = self.request(Method::POST, path, None)?.json(task);
+    async fn submission(
+        &self,
+        path: &[&str],
+        body: &impl serde::Serialize,
+    ) -> Result<Submitted, Error> {
+        let req = self.request(Method::POST, path, None)?.json(body);
         let (status, task) = self.send(req).await?;
         Ok(Submitted {
             task,
@@ -278,10 +284,71 @@ impl Client {
         self.answer(self.request_to(Method::GET, url, None)).await
     }
 
+    /// `PUT /tasks/{task_id}/plan`: replace the plan of a task that has not started; a 409
+    /// once it runs.
+    pub async fn replace_plan(
+        &self,
+        task_id: &str,
+        plan: &ClientPlan,
+    ) -> Result<PlannedTask, Error> {
+        let req = self
+            .request(Method::PUT, &["tasks", task_id, "plan"], None)?
+            .json(plan);
+        self.answer(req).await
+    }
+
+    /// `POST /plan`: the plan this submission would get (`status: "preview"`, with its
+    /// `planner`); nothing is created.
+    pub async fn preview_plan(&self, task: &SubmitTask) -> Result<PlannedTask, Error> {
+        let req = self.request(Method::POST, &["plan"], None)?.json(task);
+        self.answer(req).await
+    }
+
     /// `PUT /tasks/{task_id}/cancel`.
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatusReply, Error> {
         let req = self.request(Method::PUT, &["tasks", task_id, "cancel"], None)?;
         self.answer(req).await
+    }
+
+    // ----- workflows -----
+
+    /// `POST /workflows`: publish `def` as the next version of its name. A 400 names every
+    /// problem in its `fields`.
+    pub async fn publish_workflow(&self, def: &WorkflowDef) -> Result<WorkflowCreated, Error> {
+        let req = self.request(Method::POST, &["workflows"], None)?.json(def);
+        self.answer(req).await
+    }
+
+    /// `POST /workflows` with a YAML document, sent as it is (`Content-Type:
+    /// application/yaml`), so the server reads it exactly as written.
+    pub async fn publish_workflow_yaml(&self, yaml: &str) -> Result<WorkflowCreated, Error> {
+        let req = self
+            .request(Method::POST, &["workflows"], None)?
+            .header(CONTENT_TYPE, "application/yaml")
+            .body(yaml.to_owned());
+        self.answer(req).await
+    }
+
+    /// `GET /workflows`: the latest version of every workflow, the built-ins included.
+    pub async fn workflows(&self) -> Result<WorkflowList, Error> {
+        let req = self.request(Method::GET, &["workflows"], None)?;
+        self.answer(req).await
+    }
+
+    /// `GET /workflows/{id}`: the latest version, or `version`. `id` is the workflow's name.
+    pub async fn workflow(&self, id: &str, version: Option<u32>) -> Result<WorkflowView, Error> {
+        let version = version.map(|v| v.to_string());
+        let url = with_query(
+            self.url(&["workflows", id])?,
+            &[("version", version.as_deref())],
+        );
+        self.answer(self.request_to(Method::GET, url, None)).await
+    }
+
+    /// `POST /workflows/{id}/execute`: a running task of the workflow (its latest version, or
+    /// `run.version`).
+    pub async fn run_workflow(&self, id: &str, run: &ExecuteWorkflow) -> Result<Submitted, Error> {
+        self.submission(&["workflows", id, "execute"], run).await
     }
 
     // ----- agents -----
@@ -701,6 +768,89 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_transport(), "{err}");
+    }
+
+    /// A server answering every request with a 404 whose message is the request as it
+    /// arrived: method, raw path and query, content type and body.
+    async fn echo_server() -> Client {
+        use axum::http::header;
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let echo = ErrorBody {
+                error: "echo".into(),
+                message: format!(
+                    "{} {} {content_type} {}",
+                    parts.method,
+                    parts.uri,
+                    String::from_utf8_lossy(&body)
+                ),
+                fields: Vec::new(),
+            };
+            (StatusCode::NOT_FOUND, axum::Json(echo))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        client(&format!("http://{addr}"))
+    }
+
+    fn echoed<T: fmt::Debug>(result: Result<T, Error>) -> String {
+        let err = result.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        err.body().unwrap().message.clone()
+    }
+
+    #[tokio::test]
+    async fn workflow_and_plan_calls_reach_their_encoded_paths() {
+        let c = echo_server().await;
+        let def = WorkflowDef {
+            name: "w".into(),
+            ..WorkflowDef::default()
+        };
+        assert_eq!(
+            echoed(c.publish_workflow(&def).await),
+            r#"POST /workflows application/json {"name":"w","steps":[]}"#
+        );
+        assert_eq!(
+            echoed(c.publish_workflow_yaml("name: w\nsteps: []\n").await),
+            "POST /workflows application/yaml name: w\nsteps: []\n"
+        );
+        assert_eq!(echoed(c.workflows().await), "GET /workflows - ");
+        assert_eq!(
+            echoed(c.workflow("a/b c", None).await),
+            "GET /workflows/a%2Fb%20c - "
+        );
+        assert_eq!(
+            echoed(c.workflow("w", Some(2)).await),
+            "GET /workflows/w?version=2 - "
+        );
+        let run = ExecuteWorkflow {
+            task_id: Some("t".into()),
+            ..ExecuteWorkflow::default()
+        };
+        assert_eq!(
+            echoed(c.run_workflow("a?b", &run).await),
+            r#"POST /workflows/a%3Fb/execute application/json {"task_id":"t"}"#
+        );
+        assert_eq!(
+            echoed(c.preview_plan(&SubmitTask::default()).await),
+            r#"POST /plan application/json {"title":"","description":""}"#
+        );
+        assert_eq!(
+            echoed(c.replace_plan("t/1", &ClientPlan::default()).await),
+            r#"PUT /tasks/t%2F1/plan application/json {"subtasks":[]}"#
+        );
+        let err = c.workflow("..", None).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     }
 
     #[test]

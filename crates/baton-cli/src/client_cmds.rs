@@ -1,11 +1,13 @@
-//! Client commands against a running server: submit, status, tasks, agents, cancel.
+//! Client commands against a running server: submit, status, tasks, agents, cancel; and the
+//! pieces the workflow commands share with them (`--param`, printing a submission, `--watch`).
 
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use baton_agent::api::{PriorityInput, SubmitTask};
-use baton_agent::client::{AgentFilter, TaskFilter};
+use baton_agent::client::{AgentFilter, Submitted, TaskFilter};
 use baton_agent::Client;
+use serde_json::{Map, Value};
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -13,9 +15,14 @@ pub struct SubmitArgs {
     pub title: String,
     #[arg(long, default_value = "")]
     pub description: String,
-    /// A workflow template (e.g. create_blog_post); otherwise the description is categorized.
+    /// A published workflow to run (see `baton workflows list`); without one the rule-based
+    /// planner plans the task from its title and description.
     #[arg(long)]
     pub task_type: Option<String>,
+    /// A parameter of the workflow, KEY=VALUE (repeatable); VALUE is read as JSON when it
+    /// parses (3, true, "007", {"a":1}) and as a string otherwise.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, Value)>,
     /// low, normal, high, critical or 1-10.
     #[arg(long)]
     pub priority: Option<String>,
@@ -65,13 +72,49 @@ pub struct CancelArgs {
     pub task_id: String,
 }
 
-fn client(server: &str) -> anyhow::Result<Client> {
+pub(crate) fn client(server: &str) -> anyhow::Result<Client> {
     Client::new(server).with_context(|| format!("bad server address {server:?}"))
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// One `--param KEY=VALUE`: VALUE as JSON when it parses, else as the string it is.
+pub(crate) fn parse_param(arg: &str) -> Result<(String, Value), String> {
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got {arg:?}"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("the key of {arg:?} is empty"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+/// The `params` object of the given `--param`s; `None` when there are none. A key given twice
+/// is refused rather than silently overwritten.
+pub(crate) fn params_object(params: Vec<(String, Value)>) -> anyhow::Result<Option<Value>> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let mut object = Map::new();
+    for (key, value) in params {
+        if object.insert(key.clone(), value).is_some() {
+            bail!("--param {key} is given more than once");
+        }
+    }
+    Ok(Some(Value::Object(object)))
+}
+
+/// `low|normal|high|critical` or a number.
+pub(crate) fn priority(p: String) -> PriorityInput {
+    match p.parse::<u8>() {
+        Ok(n) => PriorityInput::Number(n),
+        Err(_) => PriorityInput::Name(p),
+    }
 }
 
 pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -80,11 +123,9 @@ pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         task_id: args.task_id,
         title: args.title,
         description: args.description,
-        priority: args.priority.map(|p| match p.parse::<u8>() {
-            Ok(n) => PriorityInput::Number(n),
-            Err(_) => PriorityInput::Name(p),
-        }),
+        priority: args.priority.map(priority),
         task_type: args.task_type,
+        params: params_object(args.params)?,
         ..SubmitTask::default()
     };
     let submitted = if args.plan_only {
@@ -92,8 +133,19 @@ pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     } else {
         client.submit(&task).await?
     };
+    report_submitted(&client, &submitted, args.json, args.watch).await
+}
+
+/// Print a submission's answer (JSON, or the task and its subtasks); with `watch`, follow the
+/// task until it finishes and exit with success only when it completed.
+pub(crate) async fn report_submitted(
+    client: &Client,
+    submitted: &Submitted,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
     let planned = &submitted.task;
-    if args.json && !args.watch {
+    if json && !watch {
         print_json(planned)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -110,11 +162,11 @@ pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     for s in &planned.subtasks {
         println!("  {:<44} {}", s.subtask_id, s.state);
     }
-    if !args.watch {
+    if !watch {
         return Ok(ExitCode::SUCCESS);
     }
-    let detail = crate::watch::follow(&client, &planned.task_id).await?;
-    if args.json {
+    let detail = crate::watch::follow(client, &planned.task_id).await?;
+    if json {
         print_json(&detail)?;
     } else {
         crate::watch::print_outcome(&detail);
@@ -206,4 +258,52 @@ pub async fn cancel(server: &str, args: CancelArgs) -> anyhow::Result<ExitCode> 
     let reply = client(server)?.cancel(&args.task_id).await?;
     println!("task {} {}", reply.task_id, reply.status);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn param(arg: &str) -> (String, Value) {
+        parse_param(arg).unwrap()
+    }
+
+    #[test]
+    fn param_values_are_json_when_they_parse_and_strings_otherwise() {
+        assert_eq!(param("n=3"), ("n".into(), json!(3)));
+        assert_eq!(param("ratio=0.5"), ("ratio".into(), json!(0.5)));
+        assert_eq!(param("draft=true"), ("draft".into(), json!(true)));
+        assert_eq!(param("gone=null"), ("gone".into(), Value::Null));
+        assert_eq!(param(r#"code="007""#), ("code".into(), json!("007")));
+        assert_eq!(
+            param(r#"o={"a":[1,2]}"#),
+            ("o".into(), json!({"a": [1, 2]}))
+        );
+        assert_eq!(
+            param("topic=Rust async"),
+            ("topic".into(), json!("Rust async"))
+        );
+        assert_eq!(param("True=True"), ("True".into(), json!("True")));
+        assert_eq!(param("broken={\"a\":"), ("broken".into(), json!("{\"a\":")));
+        assert_eq!(param("empty="), ("empty".into(), json!("")));
+        // Only the first `=` separates; the value keeps the rest.
+        assert_eq!(param("q=a=b"), ("q".into(), json!("a=b")));
+        assert_eq!(param(" k =1"), ("k".into(), json!(1)));
+    }
+
+    #[test]
+    fn a_param_needs_a_key_and_an_equals_sign() {
+        assert!(parse_param("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_param("=3").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn params_make_one_object_and_a_repeated_key_is_refused() {
+        assert_eq!(params_object(Vec::new()).unwrap(), None);
+        let object = params_object(vec![param("a=1"), param("b=x")]).unwrap();
+        assert_eq!(object, Some(json!({"a": 1, "b": "x"})));
+        let err = params_object(vec![param("a=1"), param("a=2")]).unwrap_err();
+        assert!(err.to_string().contains("--param a"), "{err}");
+    }
 }

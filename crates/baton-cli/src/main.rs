@@ -1,12 +1,13 @@
 //! `baton`: the command-line face of Baton. `serve` runs the orchestrator, `demo` runs the
-//! whole blog-post example end to end in one process, and the client commands talk to a
-//! running server (`--server` / `BATON_URL`).
+//! whole blog-post example end to end in one process, and the client commands (tasks,
+//! agents, workflows, plan previews) talk to a running server (`--server` / `BATON_URL`).
 
 mod bench;
 mod client_cmds;
 mod demo;
 mod serve;
 mod watch;
+mod workflow_cmds;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,10 @@ enum Command {
     Agents(client_cmds::AgentsArgs),
     /// Cancel a task.
     Cancel(client_cmds::CancelArgs),
+    /// Publish, list, show and run workflows.
+    Workflows(workflow_cmds::WorkflowsArgs),
+    /// Preview the plan a task would get, as a tree, and why; nothing is created.
+    Plan(workflow_cmds::PlanArgs),
     /// Measure throughput, latency and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -71,6 +76,8 @@ fn main() -> std::process::ExitCode {
             Command::Tasks(args) => client_cmds::tasks(&cli.server, args).await,
             Command::Agents(args) => client_cmds::agents(&cli.server, args).await,
             Command::Cancel(args) => client_cmds::cancel(&cli.server, args).await,
+            Command::Workflows(args) => workflow_cmds::workflows(&cli.server, args).await,
+            Command::Plan(args) => workflow_cmds::plan(&cli.server, args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
@@ -78,9 +85,21 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            for issue in field_issues(&e) {
+                eprintln!("  {}: {}", issue.field, issue.issue);
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The fields a refused request names (a 400's `fields`), one per problem.
+fn field_issues(error: &anyhow::Error) -> &[baton_agent::api::FieldIssue] {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<baton_agent::Error>())
+        .and_then(baton_agent::Error::body)
+        .map_or(&[], |body| body.fields.as_slice())
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `default`).
