@@ -274,166 +274,15 @@ pub fn workflow_table(list: &WorkflowList) -> String {
 }
 
 /// A workflow version as a YAML document that `workflows apply` publishes unchanged: the
-/// fields in the order people write them, a comment line saying which version it is.
+/// fields in the order of the wire type (the order people write them), a comment line saying
+/// which version it is.
 pub fn workflow_yaml(view: &WorkflowView) -> String {
-    let d = &view.definition;
-    let mut out = format!(
-        "# {} version {}, published {}\n",
+    let body = serde_yaml_ng::to_string(&view.definition)
+        .unwrap_or_else(|e| format!("# cannot be shown as YAML: {e}\n"));
+    format!(
+        "# {} version {}, published {}\n{body}",
         view.name, view.version, view.created_at
-    );
-    entry(&mut out, 0, "name", &Value::String(d.name.clone()));
-    if let Some(description) = &d.description {
-        entry(
-            &mut out,
-            0,
-            "description",
-            &Value::String(description.clone()),
-        );
-    }
-    if !d.params.is_empty() {
-        out.push_str("params:\n");
-        for (name, p) in &d.params {
-            let fields: Vec<(&str, Value)> = [
-                ("type", p.kind.clone().map(Value::String)),
-                ("default", p.default.clone()),
-                ("required", p.required.map(Value::Bool)),
-            ]
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect();
-            if fields.is_empty() {
-                let _ = writeln!(out, "  {}: {{}}", key(name));
-                continue;
-            }
-            let _ = writeln!(out, "  {}:", key(name));
-            for (k, v) in &fields {
-                entry(&mut out, 4, k, v);
-            }
-        }
-    }
-    if d.steps.is_empty() {
-        out.push_str("steps: []\n");
-        return out;
-    }
-    out.push_str("steps:\n");
-    for step in &d.steps {
-        let mut fields = String::new();
-        entry(&mut fields, 4, "id", &Value::String(step.id.clone()));
-        entry(
-            &mut fields,
-            4,
-            "capability",
-            &Value::String(step.capability.clone()),
-        );
-        if !step.depends_on.is_empty() {
-            let ids: Vec<String> = step
-                .depends_on
-                .iter()
-                .map(|id| scalar(&Value::String(id.clone()), true))
-                .collect();
-            let _ = writeln!(fields, "    depends_on: [{}]", ids.join(", "));
-        }
-        let optional = [
-            ("when", step.when.clone().map(Value::String)),
-            ("input", step.input.clone()),
-            ("verify", step.verify.clone()),
-            ("approval", step.approval.clone()),
-            ("timeout_s", step.timeout_s.map(Value::from)),
-            ("max_attempts", step.max_attempts.map(Value::from)),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                entry(&mut fields, 4, k, &v);
-            }
-        }
-        out.push_str(&as_item(&fields, 2));
-    }
-    out
-}
-
-/// `key: value` at `indent`, a container's lines below its key.
-fn entry(out: &mut String, indent: usize, k: &str, value: &Value) {
-    let pad = " ".repeat(indent);
-    if is_inline(value) {
-        let _ = writeln!(out, "{pad}{}: {}", key(k), scalar(value, false));
-    } else {
-        let _ = writeln!(out, "{pad}{}:", key(k));
-        block(out, value, indent + 2);
-    }
-}
-
-/// A non-empty object or array, each line starting at `indent`.
-fn block(out: &mut String, value: &Value, indent: usize) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                entry(out, indent, k, v);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                if is_inline(item) {
-                    let _ = writeln!(out, "{}- {}", " ".repeat(indent), scalar(item, false));
-                } else {
-                    let mut lines = String::new();
-                    block(&mut lines, item, indent + 2);
-                    out.push_str(&as_item(&lines, indent));
-                }
-            }
-        }
-        _ => {
-            let _ = writeln!(out, "{}{}", " ".repeat(indent), scalar(value, false));
-        }
-    }
-}
-
-/// Lines indented by `indent + 2` made into one sequence item: `- ` takes the place of the
-/// first line's last two spaces.
-fn as_item(lines: &str, indent: usize) -> String {
-    format!("{}- {}", " ".repeat(indent), &lines[indent + 2..])
-}
-
-fn is_inline(value: &Value) -> bool {
-    match value {
-        Value::Object(map) => map.is_empty(),
-        Value::Array(items) => items.is_empty(),
-        _ => true,
-    }
-}
-
-fn key(k: &str) -> String {
-    scalar(&Value::String(k.to_owned()), false)
-}
-
-/// A scalar or empty container on one line. A string is written plain when YAML reads it
-/// back as the same string, else as a JSON string (a valid YAML double-quoted scalar).
-fn scalar(value: &Value, in_flow: bool) -> String {
-    match value {
-        Value::String(s) if is_plain(s, in_flow) => s.clone(),
-        Value::Array(items) if items.is_empty() => "[]".to_owned(),
-        Value::Object(map) if map.is_empty() => "{}".to_owned(),
-        _ => value.to_string(),
-    }
-}
-
-/// Whether `s` reads back as itself when written as a plain YAML scalar: it starts with a
-/// letter, `_` or `$` (no indicator, no number), has no comment or mapping separator, no
-/// control character, and is not a word YAML reads as a boolean or null.
-fn is_plain(s: &str, in_flow: bool) -> bool {
-    const RESERVED: [&str; 10] = [
-        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "nan",
-    ];
-    let Some(first) = s.chars().next() else {
-        return false;
-    };
-    (first.is_alphabetic() || first == '_' || first == '$')
-        && !s.ends_with([' ', ':'])
-        && !s.contains(": ")
-        && !s.contains(" #")
-        && !s.chars().any(char::is_control)
-        && !(in_flow && s.contains([',', '[', ']', '{', '}', ':']))
-        && !RESERVED.contains(&s.to_ascii_lowercase().as_str())
-        && s.parse::<f64>().is_err()
+    )
 }
 
 /// The plan as a tree: roots first, each step under its first dependency, its other
@@ -733,7 +582,7 @@ bug_fix                    2      7  -
     }
 
     #[test]
-    fn a_workflow_is_shown_as_yaml_in_the_order_people_write_it() {
+    fn a_workflow_is_shown_as_yaml_that_reads_back_the_same() {
         let def = WorkflowDef {
             name: "release".into(),
             description: Some("Draft: then polish".into()),
@@ -755,8 +604,8 @@ bug_fix                    2      7  -
                     capability: "write".into(),
                     input: Some(json!({
                         "title": "${task.title}",
-                        "tags": ["a", "true", {"k": 1, "list": [[1, 2], []]}],
-                        "note": "line one\nline two",
+                        "tags": ["a", "true", "1.5", "", {"k": 1, "list": [[1, 2], []]}],
+                        "note": "line one\nline two: # not a comment",
                         "empty": {},
                     })),
                     timeout_s: Some(30),
@@ -772,59 +621,16 @@ bug_fix                    2      7  -
                 },
             ],
         };
-        assert_eq!(
-            workflow_yaml(&view(def)),
-            r#"# release version 3, published 2025-01-01T00:00:00Z
-name: release
-description: "Draft: then polish"
-params:
-  free: {}
-  polish:
-    type: boolean
-    default: false
-steps:
-  - id: draft
-    capability: write
-    input:
-      empty: {}
-      note: "line one\nline two"
-      tags:
-        - a
-        - "true"
-        - k: 1
-          list:
-            - - 1
-              - 2
-            - []
-      title: ${task.title}
-    timeout_s: 30
-  - id: polish
-    capability: edit
-    depends_on: [draft, "odd, id"]
-    when: params.polish
-    verify: true
-"#
-        );
-    }
-
-    #[test]
-    fn strings_that_would_read_back_differently_are_quoted() {
-        for plain in [
-            "abc",
-            "${params.x}",
-            "a b",
-            "steps.a.outputs.ok == true",
-            "x-1",
-        ] {
-            assert_eq!(scalar(&json!(plain), false), plain);
-        }
-        for quoted in [
-            "", "true", "No", "null", "1", "1.5", "inf", "-x", "#c", "a: b", "a #b", "a:", " a",
-            "a ", "*x", "!t", "'q'", "\"q\"", "a\tb", "[x]",
-        ] {
-            assert_eq!(scalar(&json!(quoted), false), json!(quoted).to_string());
-        }
-        assert_eq!(scalar(&json!("a,b"), false), "a,b");
-        assert_eq!(scalar(&json!("a,b"), true), "\"a,b\"");
+        let text = workflow_yaml(&view(def.clone()));
+        assert!(text
+            .starts_with("# release version 3, published 2025-01-01T00:00:00Z\nname: release\n"));
+        let keys: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with([' ', '#', '-']))
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(keys, ["name", "description", "params", "steps"]);
+        let back: WorkflowDef = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, def);
     }
 }
