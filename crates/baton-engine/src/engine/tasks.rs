@@ -154,7 +154,8 @@ impl Engine {
                 Ok(self.tasks[&seq].task.status)
             }
             s if s.is_terminal() => Err(Error::Conflict(format!(
-                "task {task_id:?} is already {s}; it cannot be executed again"
+                "task {:?} is already {s}; it cannot be executed again",
+                task_id.as_str()
             ))),
             s => Ok(s),
         }
@@ -250,7 +251,8 @@ impl Engine {
         let rt = &self.tasks[&seq];
         if rt.task.status != TaskStatus::Planned {
             return Err(Error::Conflict(format!(
-                "task {task_id:?} is {}; only a planned task's plan can be replaced",
+                "task {:?} is {}; only a planned task's plan can be replaced",
+                task_id.as_str(),
                 rt.task.status
             )));
         }
@@ -329,7 +331,8 @@ impl Engine {
         let status = self.tasks[&seq].task.status;
         if status.is_terminal() {
             return Err(Error::Conflict(format!(
-                "task {task_id:?} is already {status}"
+                "task {:?} is already {status}",
+                task_id.as_str()
             )));
         }
         self.close_open_subtasks(seq, "task cancelled", now)?;
@@ -425,10 +428,11 @@ pub(crate) fn snapshot(rt: &TaskRt) -> TaskSnapshot {
 
 fn conflict(task_id: &TaskId) -> Error {
     Error::Conflict(format!(
-        "task {task_id:?} already exists with a different body"
+        "task {:?} already exists with a different body",
+        task_id.as_str()
     ))
 }
 
 fn not_found(task_id: &TaskId) -> Error {
-    Error::NotFound(format!("task {task_id:?} not found"))
+    Error::NotFound(format!("task {:?} not found", task_id.as_str()))
 }

@@ -184,7 +184,8 @@ async fn or_finished<T>(
     match result {
         Err(baton_engine::Error::NotFound(m)) => match state.store.task(task_id).await? {
             Some((task, _)) => Err(ApiError::conflict(format!(
-                "task {task_id:?} is already {}",
+                "task {:?} is already {}",
+                task_id.as_str(),
                 task.status
             ))),
             None => Err(ApiError::not_found(m)),
@@ -229,7 +230,10 @@ async fn detail(
         }
     }
     let Some(d) = state.store.task_detail(&task_id).await? else {
-        return Err(ApiError::not_found(format!("task {task_id:?} not found")));
+        return Err(ApiError::not_found(format!(
+            "task {:?} not found",
+            task_id.as_str()
+        )));
     };
     Ok(Json(convert::detail(
         d.task,
