@@ -309,7 +309,8 @@ pub struct SubtaskDetail {
     /// The step's id within the plan.
     #[serde(default)]
     pub id: String,
-    /// What its agent receives (references resolved once the step became ready).
+    /// The step's input, its references resolved once the step became ready (the agent also
+    /// gets the brief and its dependencies' outputs).
     #[serde(default)]
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -110,14 +110,15 @@ pub fn detail(
     now: Millis,
 ) -> api::TaskDetail {
     let result = result_with_outputs(task.result.clone(), &subtasks);
-    // What each agent receives (or would, once ready): resolved only when the step's
-    // dependencies are done, since references read their outputs.
+    // Each step's own input, its references resolved once its dependencies are done (they
+    // read their outputs). Not the whole agent input: the dependencies' outputs are shown once,
+    // on their own subtasks, so a dense plan's answer does not grow with its edges.
     let inputs: Vec<Value> = (0..subtasks.len())
         .map(|i| match subtasks[i].state {
             SubtaskState::Pending | SubtaskState::Skipped | SubtaskState::Cancelled => {
                 subtasks[i].input.clone()
             }
-            _ => workflow::agent_input(&task, &subtasks, i),
+            _ => workflow::resolved_input(&task, &subtasks, i),
         })
         .collect();
     let context = task.context.clone();
