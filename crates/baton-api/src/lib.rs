@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// A priority as clients send it: a name (`low|normal|high|critical`) or a number 1–10.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -408,6 +409,44 @@ pub struct AgentView {
     pub in_flight: u32,
     pub max_concurrency: u32,
     pub last_seen: Option<String>,
+    /// Its circuit breaker.
+    #[serde(default)]
+    pub circuit: Circuit,
+    /// What routing learned of it, per capability.
+    #[serde(default)]
+    pub routing: BTreeMap<String, RoutingStats>,
+}
+
+/// An agent's circuit breaker: `closed` (work flows), `open` (no work until `open_until`,
+/// after consecutive failures), `half_open` (one probe assignment decides).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Circuit {
+    pub state: String,
+    pub consecutive_failures: u32,
+    /// While `open`: when a probe may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until: Option<String>,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Self {
+            state: "closed".into(),
+            consecutive_failures: 0,
+            open_until: None,
+        }
+    }
+}
+
+/// What routing learned of an agent's attempts of one capability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoutingStats {
+    /// Decayed share of attempts that succeeded, 0–1.
+    pub success_rate: f64,
+    /// Decayed duration of its attempts (failed ones included), in milliseconds.
+    pub latency_ms: f64,
+    /// Attempts seen.
+    pub samples: u64,
 }
 
 /// `POST /agents/{id}/lease`.

@@ -33,6 +33,20 @@ pub struct ServeArgs {
     /// The clearer name of `--max-retries`: total attempts per subtask. Wins when both are set.
     #[arg(long, env = "MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
+    /// How subtasks are routed among capable agents: `learned` (by each agent's success rate
+    /// and latency for the capability, against its load) or `round-robin`.
+    #[arg(long, env = "BATON_ROUTING", default_value = "learned")]
+    pub routing: baton_engine::RoutingMode,
+    /// Share of learned routing decisions that try another eligible agent at random, 0–1.
+    #[arg(long, env = "BATON_EXPLORE_SHARE", default_value_t = 0.05)]
+    pub explore_share: f64,
+    /// Consecutive failures (failed attempts, lost leases, timeouts) that open an agent's
+    /// circuit.
+    #[arg(long, env = "BATON_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open circuit gives its agent no work before one probe may go, in seconds.
+    #[arg(long, env = "BATON_BREAKER_COOLDOWN_SECONDS", default_value_t = 30)]
+    pub breaker_cooldown_seconds: u64,
     /// Log as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
@@ -79,6 +93,10 @@ impl ServeArgs {
                 max_attempts: self.attempts(),
                 ..RetryPolicy::default()
             },
+            routing: self.routing,
+            explore_share: self.explore_share.clamp(0.0, 1.0),
+            breaker_failures: self.breaker_failures.max(1),
+            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_seconds),
             ..baton_engine::Config::default()
         }
     }

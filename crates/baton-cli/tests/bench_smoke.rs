@@ -24,7 +24,15 @@ fn bench_smoke_runs_every_scenario() {
         .unwrap()
         .contains("synchronous=FULL"));
     let results = report["results"].as_array().unwrap();
-    for scenario in ["independent", "dag", "latency", "inflight", "agents", "api"] {
+    for scenario in [
+        "independent",
+        "dag",
+        "latency",
+        "inflight",
+        "agents",
+        "api",
+        "routing",
+    ] {
         let figures: Vec<_> = results
             .iter()
             .filter(|r| r["scenario"] == scenario)

@@ -5,6 +5,7 @@
 //! a pure function of its arguments; time arrives as a [`Millis`] argument and randomness as a
 //! number supplied by the caller, so every decision is deterministic and unit-testable.
 
+pub mod breaker;
 pub mod expr;
 pub mod ids;
 pub mod model;

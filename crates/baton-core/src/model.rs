@@ -5,6 +5,7 @@
 //! machine and returns the state it left (so the caller can record the event). Stores persist
 //! exactly these types, so a backend cannot add behaviour of its own.
 
+use crate::routing::CapabilityStats;
 use crate::state::{AssignmentState, IllegalTransition, Phase};
 use crate::{
     AgentId, AgentStatus, AssignmentId, Millis, Priority, SubtaskId, SubtaskState, TaskId,
@@ -193,6 +194,9 @@ pub struct Agent {
     /// sha256 of the bearer token, hex; the token itself is never stored.
     pub token_hash: String,
     pub created_at: Millis,
+    /// What routing learned of its attempts, per capability.
+    #[serde(default)]
+    pub stats: BTreeMap<String, CapabilityStats>,
 }
 
 /// What an event records: a change of state, or a phase an agent reported.

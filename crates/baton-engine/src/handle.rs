@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::intake::NewTask;
 use crate::Error;
+use baton_core::breaker::CircuitView;
 use baton_core::plan::Plan;
 
 /// A task and its subtasks as of a reply.
@@ -53,6 +54,8 @@ pub struct AgentInfo {
     pub status: AgentStatus,
     pub in_flight: u32,
     pub last_seen: Option<Millis>,
+    /// Its circuit breaker as of the answer.
+    pub circuit: CircuitView,
 }
 
 /// One assignment handed out by a lease call.

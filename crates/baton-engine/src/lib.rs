@@ -37,7 +37,9 @@ pub use intake::NewTask;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_core::breaker::BreakerPolicy;
 use baton_core::retry::RetryPolicy;
+pub use baton_core::routing::RoutingMode;
 use baton_store::Store;
 
 /// Engine errors as the server maps them to HTTP statuses.
@@ -84,10 +86,22 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Where time comes from ([`SystemClock`]; scenario tests use a [`ManualClock`]).
     pub clock: Arc<dyn Clock>,
-    /// Seed of the generator behind ids, tokens and backoff jitter. `None` (the default)
-    /// seeds it from the operating system; a fixed seed is for tests only, since it makes
-    /// agent tokens predictable.
+    /// Seed of the generator behind ids, tokens and backoff jitter (and of the one behind
+    /// routing's exploration, derived from it). `None` (the default) seeds it from the
+    /// operating system; a fixed seed is for tests only, since it makes agent tokens
+    /// predictable.
     pub seed: Option<u64>,
+    /// How routing picks among eligible agents: learned from their records (the default), or
+    /// round robin.
+    pub routing: RoutingMode,
+    /// Share of learned routing decisions for a first attempt that explore (pick uniformly
+    /// among the other eligible agents), 0–1. Retries never explore.
+    pub explore_share: f64,
+    /// Consecutive failures (failed attempts, lost leases, timeouts) that open an agent's
+    /// circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit gives its agent no work before one probe may go.
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +115,20 @@ impl Default for Config {
             queue_capacity: 65_536,
             clock: Arc::new(SystemClock),
             seed: None,
+            routing: RoutingMode::Learned,
+            explore_share: 0.05,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// The circuit breaker's policy from these settings.
+    pub fn breaker(&self) -> BreakerPolicy {
+        BreakerPolicy {
+            failures: self.breaker_failures.max(1),
+            cooldown_ms: self.breaker_cooldown.as_millis().min(i64::MAX as u128) as i64,
         }
     }
 }

@@ -19,6 +19,8 @@ pub(crate) enum Timer {
     Poll(AgentId, u64),
     /// Look for agents that stopped calling.
     HealthSweep,
+    /// An agent's open circuit may have cooled down (it may take a probe).
+    CircuitCooled(AgentId),
 }
 
 /// A min-heap of deadlines.

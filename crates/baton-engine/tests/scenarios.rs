@@ -516,3 +516,291 @@ async fn a_planned_task_takes_a_new_plan_until_it_runs() {
     insta::assert_snapshot!(s.timeline("replan").await);
     s.finish().await;
 }
+
+/// Settings of the circuit breaker scenarios: three failures open a circuit for ten seconds,
+/// retries come back after 100 ms, and a subtask has attempts to spare.
+fn breaker_config(config: Config) -> Config {
+    Config {
+        breaker_failures: 3,
+        breaker_cooldown: std::time::Duration::from_secs(10),
+        retry: RetryPolicy {
+            max_attempts: 10,
+            base_ms: 100,
+            max_ms: 100,
+        },
+        ..config
+    }
+}
+
+/// Three failures in a row open the agent's circuit: for the cooldown it gets nothing, though
+/// work waits. Then it is half-open and gets exactly one assignment, the probe, however much
+/// it asks for; the probe's success closes the circuit and work flows again.
+#[tokio::test]
+async fn failures_in_a_row_open_the_circuit_and_a_successful_probe_closes_it() {
+    let mut s = Scenario::with(breaker_config).await;
+    let w = s.register("w", &["x"], 4).await;
+    s.submit(Scenario::task(
+        "tripped",
+        &[("a", "x", &[]), ("b", "x", &[]), ("c", "x", &[])],
+        "normal",
+    ))
+    .await;
+    let mut log = vec![s.circuit(&w).await];
+    let first = s.lease(&w, 4).await;
+    assert_eq!(first.len(), 3);
+    for g in &first {
+        s.advance(100).await;
+        s.fail(&w, g, true).await.unwrap();
+        log.push(s.circuit(&w).await);
+    }
+    // The retries are ready after 100 ms, but the circuit is open.
+    s.advance(100).await;
+    assert!(s.lease(&w, 4).await.is_empty(), "open: no work");
+    s.advance(9_899).await;
+    assert!(
+        s.lease(&w, 4).await.is_empty(),
+        "still open a millisecond before the end"
+    );
+    log.push(s.circuit(&w).await);
+    s.advance(1).await;
+    log.push(s.circuit(&w).await);
+    let probe = s.lease(&w, 4).await;
+    assert_eq!(probe.len(), 1, "half-open: exactly one probe");
+    assert!(s.lease(&w, 4).await.is_empty(), "one probe at a time");
+    s.advance(100).await;
+    s.complete(&w, &probe[0], json!("ok")).await.unwrap();
+    log.push(s.circuit(&w).await);
+    let rest = s.lease(&w, 4).await;
+    assert_eq!(rest.len(), 2, "closed: work flows again");
+    for g in &rest {
+        s.complete(&w, g, json!("ok")).await.unwrap();
+    }
+    assert_eq!(s.status("tripped").await, "completed");
+    let info = s.agent_info(&w).await;
+    assert_eq!(
+        info.circuit.state,
+        baton_core::breaker::CircuitState::Closed
+    );
+    assert_eq!(info.circuit.consecutive_failures, 0);
+    insta::assert_snapshot!(format!(
+        "{}\n\n{}",
+        log.join("\n"),
+        s.timeline("tripped").await
+    ));
+    s.finish().await;
+}
+
+/// A probe that fails (here: its lease is lost, which counts like a failure) opens the
+/// circuit again for a whole new cooldown; the next probe's success closes it.
+#[tokio::test]
+async fn a_failed_probe_reopens_the_circuit_for_another_cooldown() {
+    let mut s = Scenario::with(breaker_config).await;
+    let w = s.register("w", &["x"], 4).await;
+    s.submit(Scenario::task("again", &[("only", "x", &[])], "normal"))
+        .await;
+    let mut log = Vec::new();
+    for _ in 0..3 {
+        let g = s.lease_one(&w).await;
+        s.fail(&w, &g, true).await.unwrap();
+        s.advance(100).await;
+    }
+    log.push(s.circuit(&w).await);
+    // Open since the third failure at +200, for 10 s.
+    s.advance(9_899).await;
+    assert!(s.lease(&w, 4).await.is_empty(), "still open");
+    s.advance(1).await;
+    let probe = s.lease_one(&w).await;
+    log.push(s.circuit(&w).await);
+    // The agent goes silent with its probe: one lease period later it is lost.
+    s.advance(LEASE_MS).await;
+    log.push(s.circuit(&w).await);
+    s.advance(9_999).await;
+    let c = s.agent_info(&w).await.circuit;
+    assert_eq!(c.state, baton_core::breaker::CircuitState::Open);
+    assert!(s.lease(&w, 4).await.is_empty(), "open again");
+    s.advance(1).await;
+    log.push(s.circuit(&w).await);
+    let second = s.lease_one(&w).await;
+    assert_ne!(second.assignment.attempt, probe.assignment.attempt);
+    s.complete(&w, &second, json!("ok")).await.unwrap();
+    log.push(s.circuit(&w).await);
+    assert_eq!(s.status("again").await, "completed");
+    insta::assert_snapshot!(log.join("\n"));
+    s.finish().await;
+}
+
+/// A chain of steps, one ready at a time, with two agents polling together so routing has a
+/// choice each time. The agent routing tries first (the lower id) fails every attempt; once
+/// routing has seen that, nearly every step goes to the reliable one. Exploration (seeded)
+/// still sends the flaky one a step now and then.
+#[tokio::test]
+async fn learned_routing_sends_most_work_to_the_reliable_agent() {
+    let mut s = Scenario::with(breaker_config).await;
+    let (flaky, steady) = s.register_pair(["flaky", "steady"], &["x"], 1).await;
+    const STEPS: usize = 30;
+    let keys: Vec<String> = (0..STEPS).map(|i| format!("s{i}")).collect();
+    let steps: Vec<(&str, &str, Vec<&str>)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let deps = if i == 0 {
+                vec![]
+            } else {
+                vec![keys[i - 1].as_str()]
+            };
+            (k.as_str(), "x", deps)
+        })
+        .collect();
+    let steps: Vec<(&str, &str, &[&str])> = steps
+        .iter()
+        .map(|(k, c, d)| (*k, *c, d.as_slice()))
+        .collect();
+    s.submit(Scenario::task("chain", &steps, "normal")).await;
+    // Who got each new step (F: flaky, S: steady); a retry is shown in lower case.
+    let mut routed = String::new();
+    while s.status("chain").await == "running" {
+        let (f, g) = s.lease_both(&flaky, &steady, 1).await;
+        assert!(f.len() + g.len() <= 1, "one step is ready at a time");
+        if let Some(grant) = f.first() {
+            routed.push(if grant.assignment.attempt == 1 {
+                'F'
+            } else {
+                'f'
+            });
+            s.advance(200).await;
+            s.fail(&flaky, grant, true).await.unwrap();
+        }
+        if let Some(grant) = g.first() {
+            routed.push(if grant.assignment.attempt == 1 {
+                'S'
+            } else {
+                's'
+            });
+            s.advance(1_000).await;
+            s.complete(&steady, grant, json!("done")).await.unwrap();
+        }
+        s.advance(100).await;
+    }
+    assert_eq!(s.status("chain").await, "completed");
+    let to_flaky = routed.chars().filter(|c| *c == 'F').count();
+    let late_to_flaky = routed.chars().skip(5).filter(|c| *c == 'F').count();
+    assert!(
+        late_to_flaky * 10 <= STEPS,
+        "after its first failures the flaky agent got {late_to_flaky} steps: {routed}"
+    );
+    assert!(to_flaky >= 1, "it was tried first: {routed}");
+    let f = s.agent_info(&flaky).await.agent.stats["x"];
+    let g = s.agent_info(&steady).await.agent.stats["x"];
+    assert_eq!(f.success_rate, 0.0);
+    assert_eq!(f.samples, to_flaky as u64);
+    assert_eq!(g.success_rate, 1.0);
+    assert_eq!(g.samples, STEPS as u64);
+    assert_eq!(g.latency_ms, 1_000.0);
+    insta::assert_snapshot!(routed);
+    s.finish().await;
+}
+
+/// The same chain and agents under round-robin routing: the steps alternate between the two
+/// agents whatever they did before, so the flaky one keeps failing half of the new steps.
+#[tokio::test]
+async fn round_robin_routing_ignores_the_record() {
+    let mut s = Scenario::with(|config| Config {
+        routing: baton_engine::RoutingMode::RoundRobin,
+        breaker_failures: 5,
+        ..breaker_config(config)
+    })
+    .await;
+    let (flaky, steady) = s.register_pair(["flaky", "steady"], &["x"], 1).await;
+    s.submit(Scenario::task(
+        "rr",
+        &[
+            ("a", "x", &[]),
+            ("b", "x", &["a"]),
+            ("c", "x", &["b"]),
+            ("d", "x", &["c"]),
+        ],
+        "normal",
+    ))
+    .await;
+    let mut routed = String::new();
+    while s.status("rr").await == "running" {
+        let (f, g) = s.lease_both(&flaky, &steady, 1).await;
+        if let Some(grant) = f.first() {
+            routed.push(if grant.assignment.attempt == 1 {
+                'F'
+            } else {
+                'f'
+            });
+            s.fail(&flaky, grant, true).await.unwrap();
+        }
+        if let Some(grant) = g.first() {
+            routed.push(if grant.assignment.attempt == 1 {
+                'S'
+            } else {
+                's'
+            });
+            s.complete(&steady, grant, json!("done")).await.unwrap();
+        }
+        s.advance(100).await;
+    }
+    // Each new step goes to the flaky agent, its retry to the other one (a retry prefers an
+    // agent that has not tried), and the cursor, moved on to the steady agent, wraps around
+    // to the flaky one for the next step.
+    insta::assert_snapshot!(routed);
+    s.finish().await;
+}
+
+/// What routing learned is written with the agent's row (at most every few seconds, and when
+/// the engine stops) and recovered: after a restart the agents show the same record, and the
+/// next step goes to the reliable agent, not to the one ties would pick.
+#[tokio::test]
+async fn learned_stats_survive_a_restart() {
+    let mut s = Scenario::with(breaker_config).await;
+    let (flaky, steady) = s.register_pair(["flaky", "steady"], &["x"], 1).await;
+    s.submit(Scenario::task(
+        "before",
+        &[("a", "x", &[]), ("b", "x", &[]), ("c", "x", &[])],
+        "normal",
+    ))
+    .await;
+    // Each agent takes one step at a time: the flaky one fails its attempts.
+    while s.status("before").await == "running" {
+        let (f, g) = s.lease_both(&flaky, &steady, 1).await;
+        s.advance(300).await;
+        for grant in &f {
+            s.fail(&flaky, grant, true).await.unwrap();
+        }
+        for grant in &g {
+            s.complete(&steady, grant, json!(1)).await.unwrap();
+        }
+        s.advance(100).await;
+    }
+    let before: Vec<_> = s.agents().await.into_iter().map(|i| i.agent).collect();
+    assert!(before.iter().all(|a| a.stats["x"].samples > 0));
+    // A sweep writes changed stats at most every 5 s: the stats of the last seconds are not
+    // stored yet, but stopping the engine writes them.
+    let stored = s.store.recover().await.unwrap().agents;
+    assert_ne!(stored, before, "not written on every completion");
+    let s = s.restart().await;
+    let mut after: Vec<_> = s.agents().await.into_iter().map(|i| i.agent).collect();
+    after.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    let mut before = before;
+    before.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    assert_eq!(after, before, "recovered with their stats");
+    s.submit(Scenario::task("after", &[("only", "x", &[])], "normal"))
+        .await;
+    let (f, g) = s.lease_both(&flaky, &steady, 1).await;
+    assert!(f.is_empty(), "the flaky agent's record is remembered");
+    assert_eq!(g.len(), 1);
+    s.complete(&steady, &g[0], json!(2)).await.unwrap();
+    // A sweep more than 5 s later writes what changed since.
+    s.advance(6_000).await;
+    let stored = s.store.recover().await.unwrap().agents;
+    let info = s.agent_info(&steady).await.agent;
+    assert_eq!(
+        stored.iter().find(|a| a.agent_id == steady.id),
+        Some(&info),
+        "written by the sweep"
+    );
+    s.finish().await;
+}

@@ -205,6 +205,23 @@ pub fn agent(info: AgentInfo) -> api::AgentView {
         in_flight: info.in_flight,
         max_concurrency: a.max_concurrency,
         last_seen: info.last_seen.map(timestamp),
+        circuit: api::Circuit {
+            state: info.circuit.state.as_str().to_owned(),
+            consecutive_failures: info.circuit.consecutive_failures,
+            open_until: info.circuit.open_until.map(timestamp),
+        },
+        routing: a
+            .stats
+            .into_iter()
+            .map(|(capability, s)| {
+                let stats = api::RoutingStats {
+                    success_rate: s.success_rate,
+                    latency_ms: s.latency_ms,
+                    samples: s.samples,
+                };
+                (capability, stats)
+            })
+            .collect(),
     }
 }
 

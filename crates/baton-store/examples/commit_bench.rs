@@ -113,6 +113,7 @@ async fn run(data_dir: &std::path::Path, lifecycles: usize, batch: usize) {
                     status: baton_core::AgentStatus::Busy,
                     token_hash: format!("{:064x}", 1),
                     created_at: T0,
+                    stats: Default::default(),
                 })
                 .collect(),
             ..WriteBatch::default()

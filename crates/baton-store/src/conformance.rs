@@ -20,12 +20,14 @@ use crate::{
     PlanReplacement, Recovery, Store, StoredWorkflow, SubtaskUpdate, TaskQuery, TaskUpdate,
     WriteBatch,
 };
+use baton_core::routing::CapabilityStats;
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Change, Event, Phase,
     PlannerRecord, Priority, StepRules, Subtask, SubtaskId, SubtaskState, Task, TaskContext,
     TaskId, TaskStatus,
 };
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// Generate one `#[tokio::test]` per conformance case.
 ///
@@ -44,6 +46,7 @@ macro_rules! store_conformance_tests {
             subtask_updates_apply_and_last_wins,
             rows_created_and_updated_in_one_batch,
             upserts_replace_whole_rows,
+            agent_stats_follow_the_agent_row,
             timeline_keeps_commit_order,
             task_detail_matches_task_and_timeline,
             timeline_of_many_interleaved_tasks,
@@ -131,6 +134,16 @@ pub fn agent(id: &str, status: AgentStatus) -> Agent {
         status,
         token_hash: "ab".repeat(32),
         created_at: 1_700_000_000_000,
+        stats: BTreeMap::new(),
+    }
+}
+
+/// A routing record (values exact in binary, so every backend holds them exactly).
+pub fn stats(success_rate: f64, latency_ms: f64, samples: u64) -> CapabilityStats {
+    CapabilityStats {
+        success_rate,
+        latency_ms,
+        samples,
     }
 }
 
@@ -392,6 +405,11 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         status: AgentStatus::Unhealthy,
         token_hash: "0123456789abcdef".repeat(4),
         created_at: -42,
+        stats: BTreeMap::from([
+            ("review".to_owned(), stats(0.0, 0.0, 1)),
+            ("code".to_owned(), stats(0.734_375, 98_765.25, u64::MAX)),
+            ("données".to_owned(), stats(1.0, 0.007_812_5, 0)),
+        ]),
     };
     let bare_agent = Agent {
         capabilities: Vec::new(),
@@ -744,6 +762,7 @@ pub async fn upserts_replace_whole_rows(store: &dyn Store) {
     let s = subtask("t-1", 0);
     let original_agent = Agent {
         domains: vec!["web".into()],
+        stats: BTreeMap::from([("code".to_owned(), stats(1.0, 10.0, 1))]),
         ..agent("ag-1", AgentStatus::Starting)
     };
     let original_assignment = assignment("as-1", &s, "ag-1", AssignmentState::Active);
@@ -768,6 +787,7 @@ pub async fn upserts_replace_whole_rows(store: &dyn Store) {
         status: AgentStatus::Busy,
         token_hash: "cd".repeat(32),
         created_at: 7,
+        stats: BTreeMap::from([("review".to_owned(), stats(0.5, 250.0, 3))]),
     };
     let replaced_assignment = Assignment {
         assignment_id: original_assignment.assignment_id.clone(),
@@ -810,6 +830,59 @@ pub async fn upserts_replace_whole_rows(store: &dyn Store) {
         recover(store).await.agents,
         vec![replaced_agent],
         "agent must be replaced whole by the last write"
+    );
+}
+
+/// An agent's routing stats are written with its row and recovered as last written: a
+/// capability learned later appears, one left out disappears, and a row written again without
+/// changes keeps them.
+pub async fn agent_stats_follow_the_agent_row(store: &dyn Store) {
+    let learning = Agent {
+        capabilities: vec!["code".into(), "review".into()],
+        ..agent("ag-learning", AgentStatus::Idle)
+    };
+    let learned = Agent {
+        stats: BTreeMap::from([
+            ("code".to_owned(), stats(0.8, 1_250.0, 1)),
+            ("review".to_owned(), stats(0.25, 64.0, 4)),
+        ]),
+        ..learning.clone()
+    };
+    let relearned = Agent {
+        stats: BTreeMap::from([("review".to_owned(), stats(0.5, 96.0, 5))]),
+        ..learning.clone()
+    };
+    let batch = |agents: Vec<Agent>| WriteBatch {
+        agents,
+        ..WriteBatch::default()
+    };
+    commit(store, batch(vec![learning.clone()])).await;
+    assert_eq!(
+        recover(store).await.agents,
+        vec![learning.clone()],
+        "no stats yet"
+    );
+    commit(store, batch(vec![learned.clone()])).await;
+    assert_eq!(
+        recover(store).await.agents,
+        vec![learned.clone()],
+        "stats learned"
+    );
+    commit(store, batch(vec![learned.clone(), relearned.clone()])).await;
+    assert_eq!(
+        recover(store).await.agents,
+        vec![relearned.clone()],
+        "the last write of the row wins, stats included"
+    );
+    let drained = Agent {
+        status: AgentStatus::Draining,
+        ..relearned
+    };
+    commit(store, batch(vec![drained.clone()])).await;
+    assert_eq!(
+        recover(store).await.agents,
+        vec![drained],
+        "kept across a status change"
     );
 }
 

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
     include_str!("../migrations/sqlite/0003_workflows.sql"),
+    include_str!("../migrations/sqlite/0005_agent_stats.sql"),
 ];
 
 /// Read connections opened at start; more are opened on demand when all are busy.
@@ -85,8 +86,8 @@ const SUBTASK_COLUMNS: &str = "subtask_id, task_id, idx, key, capability, depend
 const ASSIGNMENT_COLUMNS: &str = "assignment_id, task_id, subtask_id, agent_id, attempt, state, \
      lease_expires_at, created_at, finished_at";
 const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";
-const AGENT_COLUMNS: &str =
-    "agent_id, name, kind, capabilities, domains, max_concurrency, status, token_hash, created_at";
+const AGENT_COLUMNS: &str = "agent_id, name, kind, capabilities, domains, max_concurrency, \
+     status, token_hash, created_at, stats";
 
 /// Must match the `tasks_live` index predicate in `0001_init.sql` exactly. Only `tasks` has a
 /// `status` column, so it needs no table prefix in joins.
@@ -681,6 +682,7 @@ fn decode_agent(row: &Row<'_>) -> Result<Agent> {
         status: text_enum(row, 6, "agent status", AgentStatus::parse)?,
         token_hash: row.get(7)?,
         created_at: row.get(8)?,
+        stats: json_column(row, 9)?,
     })
 }
 

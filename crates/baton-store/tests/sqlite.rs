@@ -127,7 +127,7 @@ async fn migrations_are_idempotent() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3, "schema version after three opens");
+    assert_eq!(version, 4, "schema version after three opens");
     let tables: i64 = raw(dir.path())
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
@@ -623,9 +623,57 @@ async fn dependency_ids_of_schema_1_become_indices() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     // Rows written before schema 3 have no context and no rules.
     let (task, subtasks) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
     assert!(task.context.is_empty());
     assert!(subtasks.iter().all(|s| s.rules.is_none()));
+}
+
+/// An agent written before routing stats were stored (schema 3) opens with no stats, and
+/// keeps the ones it is written with from then on.
+#[tokio::test]
+async fn agents_of_schema_3_open_without_stats() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let conn = raw(dir.path());
+        for sql in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
+            include_str!("../migrations/sqlite/0003_workflows.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO agents (agent_id, name, kind, capabilities, domains, max_concurrency, \
+                 status, token_hash, created_at) \
+             VALUES ('ag-old', 'old', 'llm', '[\"code\"]', '[]', 2, 'idle', 'ab', 0);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).expect("open migrates");
+    let agents = store.recover().await.unwrap().agents;
+    assert_eq!(agents.len(), 1);
+    assert!(agents[0].stats.is_empty(), "{:?}", agents[0].stats);
+    let learned = baton_core::Agent {
+        stats: [(
+            "code".to_owned(),
+            baton_core::routing::CapabilityStats {
+                success_rate: 0.5,
+                latency_ms: 1_000.0,
+                samples: 2,
+            },
+        )]
+        .into(),
+        ..agents[0].clone()
+    };
+    store
+        .commit(WriteBatch {
+            agents: vec![learned.clone()],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.recover().await.unwrap().agents, vec![learned]);
 }

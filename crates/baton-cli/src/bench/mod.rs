@@ -1,9 +1,12 @@
 //! `baton bench`: measures Baton honestly. Every scenario runs an embedded server with default
 //! durability (SQLite in WAL mode, `synchronous=FULL`, every acknowledged change committed)
 //! and no-op agents on the `baton-agent` SDK over loopback HTTP, then prints a table (and
-//! JSON with `--json`) with the target beside each figure.
+//! JSON with `--json`) with the target beside each figure. The exception is `routing`, which
+//! drives the engine on virtual time with simulated agents of known speed and reliability
+//! (see `routing.rs`).
 
 mod report;
+mod routing;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -28,6 +31,9 @@ pub enum Scenario {
     Agents,
     /// `GET /tasks/{id}` at a fixed rate while the dag scenario runs.
     Api,
+    /// 1,000 subtasks on a simulated fleet (fast, slow, flaky agents), on virtual time:
+    /// learned routing against round robin (makespan, failed attempts).
+    Routing,
     /// Every scenario above.
     All,
     /// A few seconds of every scenario at toy sizes: checks that the harness works.
@@ -60,6 +66,9 @@ pub struct BenchArgs {
     /// Keep the database here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Seed of the routing scenario (its engine and its simulated agents).
+    #[arg(long, default_value_t = routing::SEED)]
+    pub seed: u64,
 }
 
 /// Sizes of one run.
@@ -72,6 +81,8 @@ pub struct Sizes {
     pub in_flight: usize,
     pub idle_agents: usize,
     pub api_rate: u32,
+    /// Steps per chain of the routing scenario (it runs `routing::CHAINS` chains).
+    pub routing_chain: usize,
 }
 
 impl Sizes {
@@ -84,6 +95,7 @@ impl Sizes {
             in_flight: 50,
             idle_agents: 10_000,
             api_rate: 200,
+            routing_chain: 125,
         };
         if args.scenario == Scenario::Smoke {
             Sizes {
@@ -94,6 +106,8 @@ impl Sizes {
                 in_flight: 10,
                 idle_agents: 50,
                 api_rate: 50,
+                // The --quick size.
+                routing_chain: full.routing_chain / 5,
             }
         } else if args.quick {
             Sizes {
@@ -102,6 +116,7 @@ impl Sizes {
                 latency: full.latency / 3,
                 inflight: full.inflight / 10,
                 idle_agents: full.idle_agents / 10,
+                routing_chain: full.routing_chain / 5,
                 ..full
             }
         } else {
@@ -124,6 +139,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Scenario::Inflight,
             Scenario::Agents,
             Scenario::Api,
+            Scenario::Routing,
         ],
         one => vec![one],
     };

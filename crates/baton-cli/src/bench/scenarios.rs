@@ -35,6 +35,7 @@ pub async fn run(
         Scenario::Inflight => inflight(args, sizes.inflight, sizes.in_flight).await,
         Scenario::Agents => agents(sizes.idle_agents).await,
         Scenario::Api => api(args, sizes.dag, sizes.api_rate).await,
+        Scenario::Routing => super::routing::run(sizes.routing_chain, args.seed).await,
         Scenario::All | Scenario::Smoke => bail!("not a single scenario"),
     }
 }

@@ -1,7 +1,6 @@
 //! Agents: registration, draining, authentication, lease polls, dispatch (routing a ready
 //! subtask to a parked agent) and health.
 
-use baton_core::routing::{self, Candidate};
 use baton_core::workflow;
 use baton_core::{
     Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, SubtaskState,
@@ -27,6 +26,7 @@ impl Engine {
             status: AgentStatus::Idle,
             token_hash: hash_token(&token),
             created_at: now,
+            stats: Default::default(),
         };
         tracing::info!(agent_id = %agent_id, name = %agent.name, capabilities = ?agent.capabilities, "agent registered");
         self.add_agent(agent.clone(), Some(now), now)?;
@@ -53,8 +53,8 @@ impl Engine {
                 last_seen,
                 poll: None,
                 revoked: Vec::new(),
-                success_rate: 1.0,
-                latency_ms: 0.0,
+                breaker: Default::default(),
+                stats_dirty: false,
             },
         );
         if serves {
@@ -107,7 +107,7 @@ impl Engine {
             rt.agent.status,
             AgentStatus::Draining | AgentStatus::Stopped | AgentStatus::Failed
         ) {
-            return Ok(info(rt));
+            return Ok(info(rt, now));
         }
         if let Some(poll) = rt.poll.take() {
             let _ = poll.reply.send(Ok(poll.grants));
@@ -124,7 +124,7 @@ impl Engine {
             self.block_if_orphaned(cap, now)?;
         }
         self.stop_if_drained(agent_id)?;
-        Ok(info(&self.agents[agent_id]))
+        Ok(info(&self.agents[agent_id], now))
     }
 
     /// A draining agent with nothing in flight is stopped.
@@ -158,8 +158,8 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn agent_infos(&self) -> Vec<AgentInfo> {
-        let mut list: Vec<AgentInfo> = self.agents.values().map(info).collect();
+    pub(crate) fn agent_infos(&self, now: Millis) -> Vec<AgentInfo> {
+        let mut list: Vec<AgentInfo> = self.agents.values().map(|rt| info(rt, now)).collect();
         list.sort_by(|a, b| a.agent.agent_id.cmp(&b.agent.agent_id));
         list
     }
@@ -392,46 +392,12 @@ impl Engine {
                 self.ready.get_mut(cap).map(|q| q.remove(&key));
                 continue;
             }
-            let Some(agent_id) = self.route(cap, key.seq, key.idx) else {
+            let Some(agent_id) = self.route(cap, key.seq, key.idx, now) else {
                 return Ok(());
             };
             self.ready.get_mut(cap).map(|q| q.remove(&key));
             self.assign(key.seq, key.idx, &agent_id, now)?;
         }
-    }
-
-    /// The best parked agent for a subtask, by the core's routing rule.
-    fn route(&mut self, cap: &str, seq: i64, idx: u32) -> Option<AgentId> {
-        let parked = self.parked.get(cap)?;
-        let tried = &self.sub(seq, idx)?.tried;
-        let mut stale = Vec::new();
-        let candidates: Vec<Candidate<'_>> = parked
-            .iter()
-            .filter_map(|id| {
-                let a = self.agents.get(id)?;
-                let poll = a.poll.as_ref()?;
-                if poll.reply.is_closed() {
-                    stale.push(id.clone());
-                    return None;
-                }
-                let room = (poll.max as usize).saturating_sub(poll.grants.len()) as u32;
-                Some(Candidate {
-                    agent_id: id,
-                    in_flight: a.in_flight.len() as u32,
-                    max_concurrency: a.agent.max_concurrency.min(a.in_flight.len() as u32 + room),
-                    available: a.agent.status.accepts_work() && room > 0,
-                    success_rate: a.success_rate,
-                    latency_ms: a.latency_ms,
-                    tried_before: tried.contains(id),
-                })
-            })
-            .collect();
-        let chosen = routing::choose(&candidates).cloned();
-        let parked = self.parked.get_mut(cap)?;
-        for id in stale {
-            parked.remove(&id);
-        }
-        chosen
     }
 
     /// `ready → assigned` on `agent_id`: a new attempt with a fresh lease.
@@ -481,9 +447,12 @@ impl Engine {
             return Err(self.missing(format!("routed agent {agent_id}")));
         };
         rt.in_flight.insert(id.clone());
-        let Some(poll) = rt.poll.as_mut() else {
+        if rt.poll.is_none() {
             return Err(self.missing(format!("the poll of routed agent {agent_id}")));
-        };
+        }
+        self.circuit_assigned(agent_id, &id, now);
+        let rt = self.agents.get_mut(agent_id).expect("checked above");
+        let poll = rt.poll.as_mut().expect("checked above");
         poll.grants.push(LeaseGrant {
             assignment,
             capability,
@@ -552,11 +521,12 @@ fn effective_status(rt: &AgentRt) -> AgentStatus {
     }
 }
 
-fn info(rt: &AgentRt) -> AgentInfo {
+fn info(rt: &AgentRt, now: Millis) -> AgentInfo {
     AgentInfo {
         agent: rt.agent.clone(),
         status: effective_status(rt),
         in_flight: rt.in_flight.len() as u32,
         last_seen: rt.last_seen,
+        circuit: rt.breaker.view(now),
     }
 }

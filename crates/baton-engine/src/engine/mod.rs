@@ -1,10 +1,12 @@
 //! The event loop and the state it owns. Command handlers live in the submodules:
 //! `tasks` (submit, execute, cancel, aggregation), `agents` (registration, leases, dispatch,
-//! health), `results` (progress, complete, fail, lost leases, retries) and `recovery`.
+//! health), `routing` (choosing an agent, learning from outcomes, circuit breakers),
+//! `results` (progress, complete, fail, lost leases, retries) and `recovery`.
 
 mod agents;
 mod recovery;
 mod results;
+mod routing;
 mod tasks;
 
 use results::AttemptResult;
@@ -14,6 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use baton_core::breaker::Breaker;
 use baton_core::{
     Agent, AgentId, Assignment, AssignmentId, Change, Event, IllegalTransition, Millis, Priority,
     Subtask, SubtaskState, Task, TaskId,
@@ -31,8 +34,10 @@ use crate::{Clock, Config, Error};
 
 /// Commands handled per turn before the turn's writes are flushed.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
-/// How often agents are checked for missed heartbeats.
+/// How often agents are checked for missed heartbeats (and learned stats may be written).
 const HEALTH_SWEEP_MS: i64 = 1_000;
+/// Mixed into the configured seed for routing's generator.
+const ROUTING_SEED_SALT: u64 = 0x5eed_0f4a_u64;
 
 /// Order of a ready queue: higher priority first, then older tasks (so workflows in flight
 /// finish before new ones start), then plan order.
@@ -135,8 +140,10 @@ pub(crate) struct AgentRt {
     pub poll: Option<Poll>,
     /// Assignments taken away from it, reported at its next heartbeat.
     pub revoked: Vec<AssignmentId>,
-    pub success_rate: f64,
-    pub latency_ms: f64,
+    /// Its circuit (not persisted: a restart closes every circuit).
+    pub breaker: Breaker,
+    /// `agent.stats` changed since the agent's row was last written.
+    pub stats_dirty: bool,
 }
 
 /// What the current turn changed, and the replies waiting for it. Rows are only marked here
@@ -174,6 +181,12 @@ pub(crate) struct Engine {
     clock: Arc<dyn Clock>,
     /// Ids, tokens and jitter: seeded once, so a seeded engine is reproducible.
     rng: StdRng,
+    /// Routing's exploration, seeded from the same seed (its draws do not shift `rng`'s).
+    routing_rng: StdRng,
+    /// Round-robin routing: the agent that got the last subtask, per capability.
+    rr_cursor: HashMap<String, AgentId>,
+    /// When learned stats were last written.
+    stats_written_at: Millis,
     store: Arc<dyn Store>,
     tasks: HashMap<i64, TaskRt>,
     task_ids: HashMap<TaskId, i64>,
@@ -251,15 +264,21 @@ impl Engine {
         });
         let failed = Arc::new(AtomicBool::new(false));
         let internal_errors = Arc::new(AtomicU64::new(0));
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_entropy(),
+        let (rng, routing_rng) = match config.seed {
+            Some(seed) => (
+                StdRng::seed_from_u64(seed),
+                StdRng::seed_from_u64(seed ^ ROUTING_SEED_SALT),
+            ),
+            None => (StdRng::from_entropy(), StdRng::from_entropy()),
         };
         let clock = config.clock.clone();
         let mut engine = Engine {
             config,
             clock: clock.clone(),
             rng,
+            routing_rng,
+            rr_cursor: HashMap::new(),
+            stats_written_at: clock.now(),
             store,
             tasks: HashMap::new(),
             task_ids: HashMap::new(),
@@ -341,6 +360,8 @@ impl Engine {
                 break;
             }
         }
+        // What routing learned since the last sweep goes with the last flush.
+        self.write_learned_stats(self.clock.now(), true);
         // Hand the last flush to the committer and let it finish: dropping our sender ends it.
         self.flush();
         let committer = self.committer.take();
@@ -443,7 +464,7 @@ impl Engine {
                 _ => self.reply(reply, Ok(())),
             },
             Command::Agents(reply) => {
-                let result = Ok(self.agent_infos());
+                let result = Ok(self.agent_infos(now));
                 self.reply(reply, result);
             }
             Command::Lease {
@@ -543,7 +564,12 @@ impl Engine {
             }
             Timer::HealthSweep => {
                 self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
+                self.write_learned_stats(now, false);
                 self.health_sweep(now)
+            }
+            Timer::CircuitCooled(agent_id) => {
+                self.circuit_cooled(agent_id, now);
+                Ok(())
             }
         };
         if let Err(e) = result {
@@ -587,9 +613,13 @@ impl Engine {
         }
     }
 
+    /// Mark an agent's row (with its learned stats) for this turn's flush.
     pub(crate) fn write_agent(&mut self, id: &AgentId) {
         if !self.outbox.agents.contains(id) {
             self.outbox.agents.insert(id.clone());
+        }
+        if let Some(rt) = self.agents.get_mut(id) {
+            rt.stats_dirty = false;
         }
     }
 

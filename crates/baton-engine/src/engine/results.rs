@@ -213,7 +213,7 @@ impl Engine {
         let agent = Some(agent_id.clone());
         self.set_state(seq, idx, SubtaskState::Completed, agent, None, now)?;
         let started = self.finish_assignment(id, AssignmentState::Completed, now)?;
-        self.record_outcome(agent_id, true, now - started);
+        self.record_outcome(id, agent_id, true, started, now);
         self.release_dependents(seq, idx, now)?;
         self.after_terminal_subtask(seq, now)?;
         Ok(self.assignment_info(id))
@@ -284,7 +284,7 @@ impl Engine {
             ),
         };
         let started = self.finish_assignment(id, state, now)?;
-        self.record_outcome(&agent_id, false, now - started);
+        self.record_outcome(id, &agent_id, false, started, now);
         if state == AssignmentState::Lost {
             if let Some(rt) = self.agents.get_mut(&agent_id) {
                 rt.revoked.push(id.clone());
@@ -371,14 +371,6 @@ impl Engine {
         }
         self.slot_freed(&agent_id)?;
         Ok(started)
-    }
-
-    fn record_outcome(&mut self, agent_id: &AgentId, success: bool, elapsed_ms: Millis) {
-        if let Some(rt) = self.agents.get_mut(agent_id) {
-            use baton_core::routing::ewma;
-            rt.success_rate = ewma(rt.success_rate, if success { 1.0 } else { 0.0 });
-            rt.latency_ms = ewma(rt.latency_ms, elapsed_ms as f64);
-        }
     }
 
     /// `assigned → running` on the first sign of life from the agent.

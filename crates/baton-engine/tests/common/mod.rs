@@ -318,3 +318,67 @@ impl Scenario {
         }
     }
 }
+
+/// Routing helpers: agents polling in the same turn, and how an agent's circuit and record
+/// look.
+impl Scenario {
+    /// Both agents ask for up to `max` assignments in the same engine turn, so routing chooses
+    /// between them (a single `lease` only ever sees the one agent that is polling).
+    pub async fn lease_both(
+        &self,
+        a: &Agent,
+        b: &Agent,
+        max: u32,
+    ) -> (Vec<LeaseGrant>, Vec<LeaseGrant>) {
+        let (x, y) = tokio::join!(self.lease(a, max), self.lease(b, max));
+        (x, y)
+    }
+
+    /// The engine's view of one agent.
+    pub async fn agent_info(&self, agent: &Agent) -> AgentInfo {
+        self.agents()
+            .await
+            .into_iter()
+            .find(|i| i.agent.agent_id == agent.id)
+            .expect("agent known")
+    }
+
+    /// An agent's circuit as one line: `+<ms> <name>: <state> after <n> failures[ until +<ms>]`.
+    pub async fn circuit(&self, agent: &Agent) -> String {
+        let c = self.agent_info(agent).await.circuit;
+        let mut line = format!(
+            "+{:>6} {}: {} after {} failures",
+            self.elapsed(),
+            agent.name,
+            c.state,
+            c.consecutive_failures
+        );
+        if let Some(until) = c.open_until {
+            line.push_str(&format!(" until +{}", until - START));
+        }
+        line
+    }
+
+    /// Two agents registered as `names`, the one whose id sorts first first: the one routing
+    /// picks when it knows nothing else (ties break by agent id).
+    pub async fn register_pair(
+        &mut self,
+        names: [&str; 2],
+        capabilities: &[&str],
+        max: u32,
+    ) -> (Agent, Agent) {
+        let x = self.register("first", capabilities, max).await;
+        let y = self.register("second", capabilities, max).await;
+        let (lower, higher) = if x.id < y.id { (x, y) } else { (y, x) };
+        self.agents.remove("first");
+        self.agents.remove("second");
+        let rename = |a: Agent, name: &str| Agent {
+            name: name.into(),
+            ..a
+        };
+        let (a, b) = (rename(lower, names[0]), rename(higher, names[1]));
+        self.agents.insert(a.name.clone(), a.clone());
+        self.agents.insert(b.name.clone(), b.clone());
+        (a, b)
+    }
+}

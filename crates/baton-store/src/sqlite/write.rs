@@ -20,12 +20,13 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 const UPSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, kind, capabilities, domains, \
-         max_concurrency, status, token_hash, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         max_concurrency, status, token_hash, created_at, stats) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
      ON CONFLICT (agent_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, \
          capabilities = excluded.capabilities, domains = excluded.domains, \
          max_concurrency = excluded.max_concurrency, status = excluded.status, \
-         token_hash = excluded.token_hash, created_at = excluded.created_at";
+         token_hash = excluded.token_hash, created_at = excluded.created_at, \
+         stats = excluded.stats";
 const INSERT_TASK: &str = "INSERT INTO tasks (seq, task_id, title, description, task_type, \
          priority, status, request, due_at, max_attempts, timeout_ms, created_at, started_at, \
          finished_at, result, context) \
@@ -106,6 +107,7 @@ fn upsert_agents(tx: &Connection, agents: &[Agent]) -> Result<()> {
             a.status.as_str(),
             a.token_hash,
             a.created_at,
+            to_json(&a.stats)?,
         ])?;
     }
     Ok(())
