@@ -3,6 +3,9 @@
 //! health), `results` (progress, complete, fail, lost leases, retries) and `recovery`.
 
 mod agents;
+mod governance;
+
+pub use governance::Resolve;
 mod recovery;
 mod results;
 mod tasks;
@@ -15,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use baton_core::{
-    Agent, AgentId, Assignment, AssignmentId, Change, Event, IllegalTransition, Millis, Priority,
-    Subtask, SubtaskState, Task, TaskId,
+    Agent, AgentId, Assignment, AssignmentId, Change, Escalation, Event, IllegalTransition, Millis,
+    Priority, Subtask, SubtaskState, Task, TaskId, Verification,
 };
 use baton_store::{PlanReplacement, Store, SubtaskUpdate, TaskUpdate, WriteBatch};
 use rand::rngs::StdRng;
@@ -43,6 +46,16 @@ pub(crate) struct ReadyKey {
     idx: u32,
 }
 
+impl ReadyKey {
+    pub(crate) fn new(priority: Priority, seq: i64, idx: u32) -> ReadyKey {
+        ReadyKey {
+            priority: Reverse(priority),
+            seq,
+            idx,
+        }
+    }
+}
+
 pub(crate) struct TaskRt {
     pub task: Task,
     pub subs: Vec<SubRt>,
@@ -50,6 +63,12 @@ pub(crate) struct TaskRt {
     pub open: usize,
     /// Every assignment of this task held in memory, dropped with it on eviction.
     pub assignments: Vec<AssignmentId>,
+    /// Escalations of this task so far (numbers the next one's id).
+    pub escalations: u32,
+    /// The open budget escalation that stops new dispatch for this task.
+    pub paused: Option<String>,
+    /// Ready subtasks held back while paused: `(capability, key)`.
+    pub held_back: Vec<(String, ReadyKey)>,
 }
 
 impl TaskRt {
@@ -84,6 +103,11 @@ impl TaskRt {
                 waiting,
                 dependents,
                 current: None,
+                log: Vec::new(),
+                attempt_base: 0,
+                verdicts: Vec::new(),
+                verdict_base: 0,
+                escalation: None,
             })
             .collect();
         TaskRt {
@@ -91,6 +115,9 @@ impl TaskRt {
             subs,
             open,
             assignments: Vec::new(),
+            escalations: 0,
+            paused: None,
+            held_back: Vec::new(),
         }
     }
 }
@@ -111,6 +138,16 @@ pub(crate) struct SubRt {
     pub current: Option<AssignmentId>,
     /// Agents that ran earlier attempts.
     pub tried: Vec<AgentId>,
+    /// How each attempt ended (agent, outcome, error), the evidence of an escalation.
+    pub log: Vec<serde_json::Value>,
+    /// Attempts used before the last `retry` resolution: the attempt budget counts from here.
+    pub attempt_base: u32,
+    /// Every verdict on this subtask, in order.
+    pub verdicts: Vec<Verification>,
+    /// Verdicts before the last `retry` resolution: negative verdicts count from here.
+    pub verdict_base: usize,
+    /// Its open escalation.
+    pub escalation: Option<String>,
 }
 
 pub(crate) struct AsgRt {
@@ -152,6 +189,8 @@ struct Outbox {
     subtasks: HashSet<(i64, u32)>,
     assignments: HashSet<AssignmentId>,
     agents: HashSet<AgentId>,
+    verifications: Vec<Verification>,
+    escalations: Vec<Escalation>,
     events: Vec<Event>,
     replies: Vec<Deferred>,
 }
@@ -164,6 +203,8 @@ impl Outbox {
             && self.subtasks.is_empty()
             && self.assignments.is_empty()
             && self.agents.is_empty()
+            && self.verifications.is_empty()
+            && self.escalations.is_empty()
             && self.events.is_empty()
             && self.replies.is_empty()
     }
@@ -215,6 +256,10 @@ pub(crate) struct Engine {
     failed_flag: Arc<AtomicBool>,
     /// Bugs caught so far (illegal transitions), shared with every [`Handle`].
     internal_errors: Arc<AtomicU64>,
+    /// Open escalations, by id.
+    escalations: HashMap<String, Escalation>,
+    /// Subtasks routed by hand, waiting for their agent's next lease call.
+    pinned: std::collections::BTreeMap<AgentId, VecDeque<(i64, u32)>>,
 }
 
 /// A submission waiting for the store lookup of its task id.
@@ -288,6 +333,8 @@ impl Engine {
             committer: Some(committer),
             failed_flag: failed.clone(),
             internal_errors: internal_errors.clone(),
+            escalations: HashMap::new(),
+            pinned: Default::default(),
         };
         let now = clock.now();
         engine.recover(recovered, now);
@@ -416,8 +463,31 @@ impl Engine {
         }
         match cmd {
             Command::Submit(new, reply) => self.submit(new, reply, now),
-            Command::Execute(task_id, reply) => {
-                let result = self.execute(&task_id, now);
+            Command::Execute(task_id, gates, reply) => {
+                let result = self.execute(&task_id, gates, now);
+                self.reply(reply, result);
+            }
+            Command::Resolve(id, decision, reply) => {
+                let result = self.resolve(&id, decision, now);
+                self.reply(reply, result);
+            }
+            Command::DecideGates {
+                task_id,
+                subtask_ids,
+                approve,
+                note,
+                reply,
+            } => {
+                let result = self.decide_gates(&task_id, subtask_ids, approve, note, now);
+                self.reply(reply, result);
+            }
+            Command::AssignManually {
+                task_id,
+                subtask_id,
+                agent_id,
+                reply,
+            } => {
+                let result = self.assign_manually(&task_id, &subtask_id, &agent_id, now);
                 self.reply(reply, result);
             }
             Command::Cancel(task_id, reply) => {
@@ -494,9 +564,10 @@ impl Engine {
                 assignment_id,
                 token_hash,
                 outputs,
+                usage,
                 reply,
             } => {
-                let result = AttemptResult::Outputs(outputs);
+                let result = AttemptResult::Outputs(outputs, usage);
                 self.report(assignment_id, &token_hash, result, reply, now)
             }
             Command::Fail {
@@ -520,7 +591,7 @@ impl Engine {
                     .into_iter()
                     .map(|(id, r)| {
                         let r = match r {
-                            Ok(outputs) => AttemptResult::Outputs(outputs),
+                            Ok((outputs, usage)) => AttemptResult::Outputs(outputs, usage),
                             Err((error, retryable)) => AttemptResult::Failure { error, retryable },
                         };
                         (id, r)
@@ -543,7 +614,7 @@ impl Engine {
             }
             Timer::HealthSweep => {
                 self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
-                self.health_sweep(now)
+                self.health_sweep(now).and_then(|()| self.budget_sweep(now))
             }
         };
         if let Err(e) = result {
@@ -628,6 +699,7 @@ impl Engine {
                     started_at: t.started_at,
                     finished_at: t.finished_at,
                     result: t.result.clone(),
+                    context: t.context.clone(),
                 });
             }
         }
@@ -644,6 +716,7 @@ impl Engine {
                     outputs: s.outputs.clone(),
                     error: s.error.clone(),
                     updated_at: s.updated_at,
+                    usage: s.usage,
                 });
             }
         }
@@ -657,6 +730,8 @@ impl Engine {
             .iter()
             .filter_map(|id| self.agents.get(id).map(|a| a.agent.clone()))
             .collect();
+        batch.verifications = std::mem::take(&mut outbox.verifications);
+        batch.escalations = std::mem::take(&mut outbox.escalations);
         batch.events = std::mem::take(&mut outbox.events);
         batch
     }
@@ -795,7 +870,10 @@ pub(crate) fn new_uuid(rng: &mut StdRng, now: Millis) -> String {
 fn refuse(cmd: Command, error: Error) {
     match cmd {
         Command::Submit(_, r) => drop(r.send(Err(error))),
-        Command::Execute(_, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::Execute(_, _, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::Resolve(_, _, r) => drop(r.send(Err(error))),
+        Command::DecideGates { reply, .. } => drop(reply.send(Err(error))),
+        Command::AssignManually { reply, .. } => drop(reply.send(Err(error))),
         Command::ReplacePlan(_, _, r) => drop(r.send(Err(error))),
         Command::Register(_, r) => drop(r.send(Err(error))),
         Command::Drain(_, r) => drop(r.send(Err(error))),
