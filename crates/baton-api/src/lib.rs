@@ -438,6 +438,10 @@ pub struct SubtaskDetail {
     pub approval: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Why it is in its state, when the timeline says (`blocked`: no agent offers its
+    /// capability; `escalated`: the escalation and its reason; `skipped`: the condition...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Timing of a task.

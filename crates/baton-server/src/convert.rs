@@ -1,8 +1,10 @@
 //! Domain types to wire types, and timestamps to RFC 3339.
 
 use baton_api as api;
+use std::collections::HashMap;
+
 use baton_core::{
-    workflow, Escalation, Millis, Subtask, SubtaskState, Task, TaskContext, TaskId, Usage,
+    workflow, Change, Escalation, Millis, Subtask, SubtaskState, Task, TaskContext, TaskId, Usage,
     Verification,
 };
 use baton_engine::{AgentInfo, LeaseGrant, NewTask, TaskSnapshot};
@@ -130,6 +132,26 @@ pub fn detail(d: baton_store::TaskDetail, now: Millis) -> api::TaskDetail {
             _ => workflow::resolved_input(&task, &subtasks, i),
         })
         .collect();
+    // Why each subtask is in its state: the note of the event that put it there.
+    let states: HashMap<&str, SubtaskState> = subtasks
+        .iter()
+        .map(|s| (s.subtask_id.as_str(), s.state))
+        .collect();
+    let mut reasons: HashMap<&str, &str> = HashMap::new();
+    for e in &events {
+        if let Change::Subtask { subtask_id, to, .. } = &e.change {
+            if states.get(subtask_id.as_str()) == Some(to) {
+                match &e.note {
+                    Some(note) => reasons.insert(subtask_id.as_str(), note.as_str()),
+                    None => reasons.remove(subtask_id.as_str()),
+                };
+            }
+        }
+    }
+    let reasons: HashMap<String, String> = reasons
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let context = task.context.clone();
     api::TaskDetail {
         verifications: verifications.into_iter().map(verification).collect(),
@@ -169,6 +191,7 @@ pub fn detail(d: baton_store::TaskDetail, now: Millis) -> api::TaskDetail {
                 verify: s.rules.as_ref().and_then(|r| r.verify.clone()),
                 approval: s.rules.as_ref().and_then(|r| r.approval.clone()),
                 usage: s.usage.as_ref().map(usage),
+                reason: reasons.get(s.subtask_id.as_str()).cloned(),
                 subtask_id: s.subtask_id.to_string(),
                 agent: s.capability,
                 assigned_agent: s.assigned_agent.map(|a| a.to_string()),
