@@ -834,3 +834,38 @@ async fn a_crossed_budget_stops_dispatch_and_escalates_until_raised() {
     insta::assert_snapshot!(s.timeline("costly").await);
     s.finish().await;
 }
+
+/// A verification whose answer never reached its verifier expires after one lease although
+/// the verifier keeps polling, and goes to another verifier; the work is not redone.
+#[tokio::test]
+async fn a_lost_verification_goes_to_another_verifier_without_redoing_the_work() {
+    let mut s = Scenario::new().await;
+    let author = s.register("author", &["code"], 1).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "lostv", "title": "t", "description": "d",
+        "plan": {"subtasks": [{"id": "fix", "capability": "code", "verify": true}]},
+    })))
+    .await;
+    let work = s.lease_one(&author).await;
+    s.complete(&author, &work, json!({"x": 1})).await.unwrap();
+    let first = s.register("first", &["verify"], 1).await;
+    let lost = s.lease_one(&first).await;
+    let second = s.register("second", &["verify"], 1).await;
+    // `first` keeps calling, but never names the verification it never received.
+    for _ in 0..3 {
+        s.advance(LEASE_MS / 2).await;
+        s.heartbeat(&first, None).await;
+        s.heartbeat(&second, None).await;
+    }
+    let v = s.lease_one(&second).await;
+    assert_ne!(v.assignment.assignment_id, lost.assignment.assignment_id);
+    assert_eq!(v.assignment.attempt, 1, "the same attempt's output is verified");
+    s.complete(&second, &v, json!({"verified": true, "evidence": ["ok"]}))
+        .await
+        .unwrap();
+    assert_eq!(s.status("lostv").await, "completed");
+    let verdicts = s.verifications("lostv").await;
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].verifier, second.id);
+    s.finish().await;
+}

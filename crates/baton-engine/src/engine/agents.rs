@@ -234,17 +234,34 @@ impl Engine {
         }
         let mut renewed = false;
         for a in renew {
-            let Some((seq, idx)) = self.assignments.get(&a).map(|asg| (asg.seq, asg.idx)) else {
+            let Some((seq, idx, verification, acked)) = self.assignments.get(&a).map(|asg| {
+                (
+                    asg.seq,
+                    asg.idx,
+                    asg.a.kind == AssignmentKind::Verification,
+                    asg.acked,
+                )
+            }) else {
                 continue;
             };
-            let unacknowledged = self
-                .sub(seq, idx)
-                .is_some_and(|s| s.sub.state == SubtaskState::Assigned);
+            // A verification is acknowledged like work: once a call of its agent names it.
+            let unacknowledged = if verification {
+                !acked
+            } else {
+                self.sub(seq, idx)
+                    .is_some_and(|s| s.sub.state == SubtaskState::Assigned)
+            };
             if unacknowledged {
                 if !named {
                     continue;
                 }
-                self.mark_running(seq, idx, &id, now)?;
+                if verification {
+                    if let Some(asg) = self.assignments.get_mut(&a) {
+                        asg.acked = true;
+                    }
+                } else {
+                    self.mark_running(seq, idx, &id, now)?;
+                }
             }
             if let Some(asg) = self.assignments.get_mut(&a) {
                 asg.a.lease_expires_at = expires;
@@ -552,6 +569,7 @@ impl Engine {
                 idx: g.idx,
                 timeout_at: now + timeout_ms,
                 phase: None,
+                acked: false,
             },
         );
         self.write_assignment(&id);

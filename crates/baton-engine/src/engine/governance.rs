@@ -17,6 +17,7 @@ use baton_core::{
     EscalationKind, EscalationStatus, Event, ExhaustedPolicy, Millis, Resolution, ResolveAction,
     SubtaskId, SubtaskState, TaskId, TaskStatus, Usage, Verification,
 };
+use rand::Rng;
 use serde_json::{json, Value};
 
 use super::agents::Grant;
@@ -515,9 +516,12 @@ impl Engine {
             .as_ref()
             .and_then(|r| r.verify.as_ref())
             .and_then(|v| v.get("criteria").cloned());
-        let n = s.verdicts.len() + 1;
         let attempt = s.sub.attempts;
-        let id = AssignmentId(format!("as-{seq}-{idx}-{attempt}-v{n}"));
+        // A verification may be handed out several times for one attempt (a verifier that
+        // vanished): a random suffix from the seeded generator keeps the ids apart, also
+        // across restarts.
+        let suffix: u32 = self.rng.gen();
+        let id = AssignmentId(format!("as-{seq}-{idx}-{attempt}-v{suffix:08x}"));
         let input = json!({
             "brief": format!(
                 "Verify the output of {} ({}) for: {}",

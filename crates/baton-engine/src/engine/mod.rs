@@ -156,6 +156,9 @@ pub(crate) struct AsgRt {
     pub idx: u32,
     pub timeout_at: Millis,
     pub phase: Option<baton_core::Phase>,
+    /// A verification assignment its agent has named (work is acknowledged through its
+    /// subtask's state).
+    pub acked: bool,
 }
 
 pub(crate) struct Poll {

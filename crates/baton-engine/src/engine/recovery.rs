@@ -74,6 +74,9 @@ impl Engine {
                     seq,
                     idx,
                     phase: None,
+                    // A verification's acknowledgement is not stored: after a restart its
+                    // agent names it again (as `held`, progress or its verdict), or it expires.
+                    acked: false,
                 },
             );
             if let Some(rt) = self.tasks.get_mut(&seq) {
