@@ -65,6 +65,24 @@ pub struct SubmitTask {
     /// Parameters of the workflow that `task_type` names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
+    /// Limits; crossing one stops new dispatch and escalates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// `escalate` (default) or `fail`: what happens when a step's attempts are used up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<String>,
+}
+
+/// A task's limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
 }
 
 /// A plan supplied by the client.
@@ -101,6 +119,9 @@ pub struct ClientStep {
     pub timeout_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// `escalate` or `fail`, instead of the task's policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<String>,
 }
 
 /// `POST /workflows`: a named, versioned plan template.
@@ -248,12 +269,97 @@ pub struct SubmitOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    /// Only `auto` for now (manual approval comes with governance).
+    /// `auto` (default) or `manual`: every subtask waits for approval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_mode: Option<String>,
-    /// Approval checkpoints; refused for now (they come with governance).
+    /// Subtask ids that wait for approval.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoints: Option<Value>,
+    pub checkpoints: Option<Vec<String>>,
+}
+
+/// `POST /tasks/{id}/approve` and `POST /tasks/{id}/reject`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateDecision {
+    /// The subtasks decided; every one waiting for approval when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtask_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The answer to approve and reject.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateReply {
+    pub task_id: String,
+    pub status: String,
+    /// The subtasks approved (or rejected).
+    pub subtask_ids: Vec<String>,
+}
+
+/// `POST /tasks/{id}/subtasks/{sid}/assign`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualAssign {
+    pub agent_id: String,
+}
+
+/// `POST /escalations/{id}/resolve`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// `retry`, `skip`, `fail`, `provide_output` (a subtask); `raise_budget`, `cancel` (a
+    /// budget); `cancel` (any).
+    pub action: String,
+    /// With `provide_output`: the subtask's outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    /// With `raise_budget`: the new budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// An escalation as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscalationView {
+    pub escalation_id: String,
+    pub task_id: String,
+    pub subtask_id: Option<String>,
+    /// `attempts`, `verification`, `rejected` or `budget`.
+    pub kind: String,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub reason: String,
+    /// The attempts (agents, errors) and verdicts that led here.
+    pub evidence: Value,
+    pub suggestions: Vec<String>,
+    pub created_at: String,
+    pub resolved_at: Option<String>,
+    /// `{action, note?, outputs?, budget?}` once resolved.
+    pub resolution: Option<Value>,
+}
+
+/// `GET /escalations`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscalationList {
+    pub escalations: Vec<EscalationView>,
+}
+
+/// A verdict in a task's detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerificationView {
+    pub subtask_id: String,
+    pub n: u32,
+    pub attempt: u32,
+    /// The agent whose output was checked.
+    pub author: String,
+    pub verifier: String,
+    pub verified: bool,
+    pub evidence: Value,
+    pub feedback: Option<String>,
+    pub at: String,
 }
 
 /// The answer to execute and cancel.
@@ -291,6 +397,17 @@ pub struct TaskDetail {
     pub constraints: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acceptance_criteria: Vec<String>,
+    /// Every verdict on its subtasks, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verifications: Vec<VerificationView>,
+    /// Its escalations, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalations: Vec<EscalationView>,
+    /// What its agents reported, all subtasks together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// One subtask in a task's detail.
@@ -320,6 +437,12 @@ pub struct SubtaskDetail {
     pub verify: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Why it is in its state, when the timeline says (`blocked`: no agent offers its
+    /// capability; `escalated`: the escalation and its reason; `skipped`: the condition...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Timing of a task.
@@ -528,6 +651,21 @@ pub struct ProgressRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub outputs: Value,
+    /// What the attempt used (summed per subtask and per task; checked against a budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Tokens and cost an attempt used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// `POST /assignments/{id}/fail`.
@@ -565,6 +703,9 @@ pub struct ResultItem {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// With `outputs`: what the attempt used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// The answer to a results call: one outcome per item, in order.

@@ -19,10 +19,14 @@ pub mod workflow;
 
 pub use ids::{AgentId, AssignmentId, SubtaskId, TaskId};
 pub use model::{
-    Agent, Assignment, Change, Event, PlannerRecord, StepRules, Subtask, Task, TaskContext,
+    Agent, Assignment, Budget, Change, Escalation, Event, PlannerRecord, Resolution, StepRules,
+    Subtask, Task, TaskContext, Usage, Verification,
 };
 pub use priority::Priority;
-pub use state::{AgentStatus, AssignmentState, IllegalTransition, Phase, SubtaskState, TaskStatus};
+pub use state::{
+    AgentStatus, AssignmentKind, AssignmentState, EscalationKind, EscalationStatus,
+    ExhaustedPolicy, IllegalTransition, Phase, ResolveAction, SubtaskState, TaskStatus,
+};
 
 /// Milliseconds since the Unix epoch; the only notion of time in the core.
 pub type Millis = i64;

@@ -6,7 +6,10 @@
 //! exactly these types, so a backend cannot add behaviour of its own.
 
 use crate::routing::CapabilityStats;
-use crate::state::{AssignmentState, IllegalTransition, Phase};
+use crate::state::{
+    AssignmentKind, AssignmentState, EscalationKind, EscalationStatus, ExhaustedPolicy,
+    IllegalTransition, Phase, ResolveAction,
+};
 use crate::{
     AgentId, AgentStatus, AssignmentId, Millis, Priority, SubtaskId, SubtaskState, TaskId,
     TaskStatus,
@@ -66,6 +69,139 @@ pub struct TaskContext {
     pub constraints: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acceptance_criteria: Vec<String>,
+    /// What happens when a step's attempts are used up, unless the step says (default
+    /// escalate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<ExhaustedPolicy>,
+    /// `execution_mode: manual`: every step waits for approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+    /// Steps (by plan index) that wait for approval (`checkpoints`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// Limits of a task; crossing one stops new dispatch and escalates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
+}
+
+/// What agents report they used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub tokens_in: u64,
+    #[serde(default)]
+    pub tokens_out: u64,
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+        self.cost_usd += other.cost_usd;
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens_in.saturating_add(self.tokens_out)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+impl Budget {
+    /// The first limit `usage` (after `elapsed_s` seconds) crosses, as a sentence.
+    pub fn crossed(&self, usage: &Usage, elapsed_s: u64) -> Option<String> {
+        if let Some(max) = self.max_tokens.filter(|&m| usage.tokens() > m) {
+            return Some(format!("used {} tokens, budget {max}", usage.tokens()));
+        }
+        if let Some(max) = self.max_cost_usd.filter(|&m| usage.cost_usd > m) {
+            return Some(format!("cost {:.4} USD, budget {max}", usage.cost_usd));
+        }
+        if let Some(max) = self.max_duration_s.filter(|&m| elapsed_s > m) {
+            return Some(format!("ran {elapsed_s} s, budget {max} s"));
+        }
+        None
+    }
+}
+
+/// A verifier's verdict on one attempt of a subtask.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub task_id: TaskId,
+    pub subtask_id: SubtaskId,
+    /// Counts the verdicts of the subtask from 1.
+    pub n: u32,
+    /// The attempt whose output was checked.
+    pub attempt: u32,
+    /// Who produced the output.
+    pub author: AgentId,
+    pub verifier: AgentId,
+    pub verified: bool,
+    pub evidence: Value,
+    pub feedback: Option<String>,
+    pub at: Millis,
+}
+
+/// A subtask (or a task) handed to a human, with the evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// `esc-<task seq>-<subtask index or "task">-<n>`.
+    pub escalation_id: String,
+    pub task_id: TaskId,
+    /// `None` for a task-wide escalation (budget).
+    pub subtask_id: Option<SubtaskId>,
+    pub kind: EscalationKind,
+    pub status: EscalationStatus,
+    pub reason: String,
+    /// The attempts (agents, errors) and verdicts that led here.
+    pub evidence: Value,
+    /// What a human can do next.
+    pub suggestions: Vec<String>,
+    pub created_at: Millis,
+    pub resolved_at: Option<Millis>,
+    pub resolution: Option<Resolution>,
+}
+
+/// How an escalation was resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub action: ResolveAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// The subtask's attempts when it was resolved (a retry's fresh budget counts from here).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl Escalation {
+    /// `open → resolved`.
+    pub fn resolve(
+        &mut self,
+        resolution: Resolution,
+        now: Millis,
+    ) -> Result<(), IllegalTransition> {
+        self.status = self.status.transition(EscalationStatus::Resolved)?;
+        self.resolved_at = Some(now);
+        self.resolution = Some(resolution);
+        Ok(())
+    }
 }
 
 impl TaskContext {
@@ -114,6 +250,9 @@ pub struct StepRules {
     /// Attempts, instead of the task's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// What happens when its attempts are used up, instead of the task's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<ExhaustedPolicy>,
 }
 
 impl Task {
@@ -156,6 +295,8 @@ pub struct Subtask {
     /// Workflow rules (condition, verification, approval, limits); boxed because most
     /// subtasks have none and a plan may hold many subtasks.
     pub rules: Option<Box<StepRules>>,
+    /// What its agents reported they used, all attempts together.
+    pub usage: Option<Usage>,
 }
 
 /// One attempt of one subtask on one agent. `attempt` is the fencing token: only the subtask's
@@ -171,6 +312,8 @@ pub struct Assignment {
     pub lease_expires_at: Millis,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
+    /// The work itself, or a verification of attempt `attempt`'s output.
+    pub kind: AssignmentKind,
 }
 
 impl Assignment {

@@ -197,6 +197,7 @@ impl Plan {
                     error: None,
                     updated_at: now,
                     rules: step.rules.clone(),
+                    usage: None,
                 }
             })
             .collect()

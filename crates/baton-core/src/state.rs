@@ -99,6 +99,9 @@ impl TaskStatus {
             (Planned, Running | Cancelled | Failed) => true,
             (Running, AwaitingApproval | Blocked | Escalated) => true,
             (AwaitingApproval | Blocked | Escalated, Running) => true,
+            (AwaitingApproval, Blocked | Escalated) => true,
+            (Blocked, AwaitingApproval | Escalated) => true,
+            (Escalated, AwaitingApproval | Blocked) => true,
             (Running | AwaitingApproval | Blocked | Escalated, Completed | Failed | Cancelled) => {
                 true
             }
@@ -157,7 +160,7 @@ impl SubtaskState {
             (Pending, Ready | AwaitingApproval | Skipped) => true,
             (Ready, Assigned | Blocked) => true,
             (Blocked, Ready | Escalated) => true,
-            (AwaitingApproval, Ready | Skipped) => true,
+            (AwaitingApproval, Ready | Skipped | Failed | Escalated) => true,
             (Assigned, Running | RetryWait | Failed | Escalated) => true,
             (Running, Verifying | Completed | RetryWait | Failed | Escalated) => true,
             (Verifying, Completed | RetryWait | Failed | Escalated) => true,
@@ -237,6 +240,63 @@ named_enum!(
         Reasoning => "reasoning",
         Executing => "executing",
         Validating => "validating",
+    }
+);
+
+named_enum!(
+    /// What an assignment asks of its agent: the subtask's work, or a verdict on another
+    /// agent's output of it.
+    AssignmentKind {
+        Work => "work",
+        Verification => "verification",
+    }
+);
+
+named_enum!(
+    /// What happens when a subtask's attempts, timeouts or verifications are used up.
+    ExhaustedPolicy {
+        Escalate => "escalate",
+        Fail => "fail",
+    }
+);
+
+named_enum!(
+    /// Why a human is asked to decide: attempts (failures, lost leases, timeouts) used up, the
+    /// third negative verdict, a rejected gate, or a crossed budget.
+    EscalationKind {
+        Attempts => "attempts",
+        Verification => "verification",
+        Rejected => "rejected",
+        Budget => "budget",
+    }
+);
+
+state_enum!(
+    /// `open → resolved`.
+    EscalationStatus, "escalation" {
+        Open => "open",
+        Resolved => "resolved",
+    }
+);
+
+impl EscalationStatus {
+    /// Whether the machine allows `self → to`: an escalation is resolved once.
+    pub fn can_transition(self, to: EscalationStatus) -> bool {
+        self == Self::Open && to == Self::Resolved
+    }
+}
+
+named_enum!(
+    /// How a human resolves an escalation: run the subtask again with a fresh attempt budget,
+    /// continue without it (`skipped`), fail it, complete it with the human's outputs, continue
+    /// a task under a raised budget, or cancel the task.
+    ResolveAction {
+        Retry => "retry",
+        Skip => "skip",
+        Fail => "fail",
+        ProvideOutput => "provide_output",
+        RaiseBudget => "raise_budget",
+        Cancel => "cancel",
     }
 );
 

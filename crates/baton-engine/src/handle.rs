@@ -2,9 +2,11 @@
 //! data that comes back.
 
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, Phase, Subtask,
-    Task, TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Escalation, Millis,
+    Phase, Subtask, SubtaskId, Task, TaskId, TaskStatus, Usage,
 };
+
+pub use crate::engine::Resolve;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -12,6 +14,14 @@ use crate::intake::NewTask;
 use crate::Error;
 use baton_core::breaker::CircuitView;
 use baton_core::plan::Plan;
+
+/// Approval gates set when a task starts: every subtask (`execution_mode: manual`) or the
+/// listed ones (`checkpoints`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Gates {
+    pub manual: bool,
+    pub checkpoints: Vec<SubtaskId>,
+}
 
 /// A task and its subtasks as of a reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,14 +98,28 @@ pub struct AssignmentInfo {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// What an agent reports for one attempt: its outputs, or `(error, retryable)`.
-pub type AttemptOutcome = Result<Value, (String, bool)>;
+pub type AttemptOutcome = Result<(Value, Option<Usage>), (String, bool)>;
 
 /// What the engine can be asked. Token fields carry the sha256 of the bearer token.
 pub(crate) enum Command {
     Submit(Box<NewTask>, Reply<Submitted>),
-    Execute(TaskId, Reply<TaskStatus>),
+    Execute(TaskId, Gates, Reply<TaskStatus>),
     Cancel(TaskId, Reply<TaskStatus>),
     ReplacePlan(TaskId, Box<Plan>, Reply<TaskSnapshot>),
+    Resolve(String, Resolve, Reply<Escalation>),
+    DecideGates {
+        task_id: TaskId,
+        subtask_ids: Option<Vec<SubtaskId>>,
+        approve: bool,
+        note: Option<String>,
+        reply: Reply<Vec<SubtaskId>>,
+    },
+    AssignManually {
+        task_id: TaskId,
+        subtask_id: SubtaskId,
+        agent_id: AgentId,
+        reply: Reply<()>,
+    },
     Register(AgentSpec, Reply<Registered>),
     Drain(AgentId, Reply<AgentInfo>),
     Agents(Reply<Vec<AgentInfo>>),
@@ -128,6 +152,7 @@ pub(crate) enum Command {
         assignment_id: AssignmentId,
         token_hash: String,
         outputs: Value,
+        usage: Option<Usage>,
         reply: Reply<AssignmentInfo>,
     },
     Fail {
@@ -195,8 +220,53 @@ impl Handle {
     }
 
     /// Start a planned task; a running one stays running.
-    pub async fn execute(&self, task_id: TaskId) -> Result<TaskStatus, Error> {
-        self.ask(|r| Command::Execute(task_id, r)).await
+    pub async fn execute(&self, task_id: TaskId, gates: Gates) -> Result<TaskStatus, Error> {
+        self.ask(|r| Command::Execute(task_id, gates, r)).await
+    }
+
+    /// Resolve an open escalation; the task continues accordingly.
+    pub async fn resolve(
+        &self,
+        escalation_id: String,
+        decision: Resolve,
+    ) -> Result<Escalation, Error> {
+        self.ask(|r| Command::Resolve(escalation_id, decision, r))
+            .await
+    }
+
+    /// Approve (`approve: true`) or reject the task's subtasks waiting for approval (`None`:
+    /// all of them); returns the ones decided.
+    pub async fn decide_gates(
+        &self,
+        task_id: TaskId,
+        subtask_ids: Option<Vec<SubtaskId>>,
+        approve: bool,
+        note: Option<String>,
+    ) -> Result<Vec<SubtaskId>, Error> {
+        self.ask(|reply| Command::DecideGates {
+            task_id,
+            subtask_ids,
+            approve,
+            note,
+            reply,
+        })
+        .await
+    }
+
+    /// Route a ready or blocked subtask by hand to `agent_id` (at its next lease call).
+    pub async fn assign_manually(
+        &self,
+        task_id: TaskId,
+        subtask_id: SubtaskId,
+        agent_id: AgentId,
+    ) -> Result<(), Error> {
+        self.ask(|reply| Command::AssignManually {
+            task_id,
+            subtask_id,
+            agent_id,
+            reply,
+        })
+        .await
     }
 
     /// Replace the plan of a task that is still `planned` (409 once it runs).
@@ -294,11 +364,13 @@ impl Handle {
         assignment_id: AssignmentId,
         token_hash: String,
         outputs: Value,
+        usage: Option<Usage>,
     ) -> Result<AssignmentInfo, Error> {
         self.ask(|reply| Command::Complete {
             assignment_id,
             token_hash,
             outputs,
+            usage,
             reply,
         })
         .await

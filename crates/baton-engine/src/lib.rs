@@ -29,8 +29,8 @@ mod timers;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handle::{
-    AgentInfo, AgentSpec, AssignmentInfo, AttemptOutcome, Handle, HeartbeatInfo, LeaseGrant,
-    Registered, Submitted, TaskSnapshot,
+    AgentInfo, AgentSpec, AssignmentInfo, AttemptOutcome, Gates, Handle, HeartbeatInfo, LeaseGrant,
+    Registered, Resolve, Submitted, TaskSnapshot,
 };
 pub use intake::NewTask;
 
@@ -51,6 +51,10 @@ pub enum Error {
     /// 409: the request conflicts with the current state; nothing changed.
     #[error("{0}")]
     Conflict(String),
+    /// 400: the request is well-formed but its content breaks a rule only the engine can
+    /// check (a verdict without `verified`); nothing changed.
+    #[error("{0}")]
+    Invalid(String),
     /// 401: missing or wrong bearer token.
     #[error("invalid or missing agent token")]
     Unauthorized,

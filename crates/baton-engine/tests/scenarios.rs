@@ -130,7 +130,7 @@ async fn a_lost_lease_is_retried_on_another_agent_and_the_late_result_is_fenced(
 }
 
 #[tokio::test]
-async fn retries_back_off_exponentially_with_seeded_jitter_then_fail() {
+async fn retries_back_off_exponentially_with_seeded_jitter_then_fail_under_the_fail_policy() {
     let mut s = Scenario::with(|config| Config {
         retry: RetryPolicy {
             max_attempts: 4,
@@ -141,8 +141,9 @@ async fn retries_back_off_exponentially_with_seeded_jitter_then_fail() {
     })
     .await;
     let w = s.register("w", &["x"], 1).await;
-    s.submit(Scenario::task("flaky", &[("only", "x", &[])], "normal"))
-        .await;
+    let mut flaky = Scenario::task("flaky", &[("only", "x", &[])], "normal");
+    flaky.context.on_exhausted = Some(baton_core::ExhaustedPolicy::Fail);
+    s.submit(flaky).await;
     for attempt in 1..=4u32 {
         let g = s.lease_one(&w).await;
         assert_eq!(g.assignment.attempt, attempt);
@@ -180,12 +181,15 @@ fn last_retry_wait(timeline: &str) -> i64 {
         .expect("a number of ms")
 }
 
+/// The orchestrator seed's SLA rule: a subtask over its timeout is retried (even while its agent
+/// heartbeats) until its three attempts are used, then escalated with the evidence, never
+/// silently failed; a human's output then completes it.
 #[tokio::test]
-async fn a_subtask_over_its_timeout_is_retried_even_while_its_agent_heartbeats() {
+async fn an_sla_timeout_is_retried_three_times_then_escalated_with_the_evidence() {
     let mut s = Scenario::with(|config| Config {
         subtask_timeout: std::time::Duration::from_secs(10),
         retry: RetryPolicy {
-            max_attempts: 2,
+            max_attempts: 3,
             base_ms: 100,
             max_ms: 100,
         },
@@ -206,14 +210,46 @@ async fn a_subtask_over_its_timeout_is_retried_even_while_its_agent_heartbeats()
     s.advance(2_500).await;
     let beat = s.heartbeat(&w, held.clone()).await;
     assert_eq!(beat.revoked, vec![g.assignment.assignment_id.clone()]);
-    s.advance(100).await;
-    let again = s.lease_one(&w).await;
-    assert_eq!(again.assignment.attempt, 2);
-    let held = Some(vec![again.assignment.assignment_id.clone()]);
-    s.advance(10_000).await;
-    s.heartbeat(&w, held).await;
-    // The last attempt timed out too: the subtask and the task fail.
-    assert_eq!(s.status("slow").await, "failed");
+    for attempt in 2..=3 {
+        s.advance(100).await;
+        let again = s.lease_one(&w).await;
+        assert_eq!(again.assignment.attempt, attempt);
+        let held = Some(vec![again.assignment.assignment_id.clone()]);
+        s.advance(10_000).await;
+        s.heartbeat(&w, held).await;
+    }
+    // The last attempt timed out too: escalated, not failed; nothing more is dispatched.
+    assert_eq!(s.status("slow").await, "escalated");
+    s.advance(1_000).await;
+    assert!(s.lease(&w, 1).await.is_empty());
+    let escalations = s.escalations("slow").await;
+    assert_eq!(escalations.len(), 1);
+    let e = &escalations[0];
+    assert_eq!(e.kind, baton_core::EscalationKind::Attempts);
+    assert_eq!(e.status, baton_core::EscalationStatus::Open);
+    let attempts = e.evidence["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{}", e.evidence);
+    assert!(attempts.iter().all(|a| a["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("timed out after 10 s")));
+    assert!(!e.suggestions.is_empty());
+    // A human supplies the output: the subtask completes (recorded as such) and so does the task.
+    let resolved = s
+        .engine
+        .resolve(
+            e.escalation_id.clone(),
+            baton_engine::Resolve {
+                action: baton_core::ResolveAction::ProvideOutput,
+                outputs: Some(json!({"by": "hand"})),
+                note: Some("done it myself".into()),
+                budget: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved.status, baton_core::EscalationStatus::Resolved);
+    assert_eq!(s.status("slow").await, "completed");
     insta::assert_snapshot!(s.timeline("slow").await);
     s.finish().await;
 }
@@ -504,7 +540,10 @@ async fn a_planned_task_takes_a_new_plan_until_it_runs() {
         snapshot.task.context.planner,
         Some(baton_core::PlannerRecord::Client)
     );
-    s.engine.execute("replan".into()).await.unwrap();
+    s.engine
+        .execute("replan".into(), Default::default())
+        .await
+        .unwrap();
     let g = s.lease_one(&w).await;
     assert_eq!(g.assignment.subtask_id.as_str(), "new::replan::1");
     let err = s.engine.replace_plan("replan".into(), plan).await;
@@ -514,6 +553,323 @@ async fn a_planned_task_takes_a_new_plan_until_it_runs() {
     let (_, subtasks) = s.store.task(&"replan".into()).await.unwrap().unwrap();
     assert_eq!(subtasks.len(), 1);
     insta::assert_snapshot!(s.timeline("replan").await);
+    s.finish().await;
+}
+
+/// Independent verification: the author never verifies its own output (refused with 409 and a
+/// timeline event; never routed to it); a negative verdict starts a new attempt with the
+/// feedback; the third escalates with every verdict as evidence.
+#[tokio::test]
+async fn verification_refuses_self_attestation_and_three_negative_verdicts_escalate() {
+    let mut s = Scenario::new().await;
+    // The author can verify too: routing must still never give it its own output.
+    let author = s.register("author", &["code", "verify"], 4).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "checked", "title": "Fix", "description": "a scenario",
+        "plan": {"subtasks": [
+            {"id": "fix", "capability": "code", "verify": {"criteria": "tests pass"}},
+            {"id": "after", "capability": "code", "depends_on": ["fix"]},
+        ]},
+    })))
+    .await;
+    let checker = s.register("checker", &["verify"], 4).await;
+    for round in 1..=3u32 {
+        let work = s.lease_one(&author).await;
+        assert_eq!(work.assignment.subtask_id.as_str(), "code::checked::1");
+        assert_eq!(work.assignment.attempt, round);
+        if round > 1 {
+            assert!(
+                s.lease(&author, 4).await.is_empty(),
+                "nothing else is ready"
+            );
+            // The new attempt gets the last verdict to act on.
+            let previous = format!("round {}", round - 1);
+            assert_eq!(work.input["verification"]["feedback"], previous.as_str());
+            assert_eq!(
+                work.input["verification"]["evidence"][0],
+                format!("test {} fails", round - 1)
+            );
+        }
+        s.advance(10).await;
+        s.complete(&author, &work, json!({"patch": round}))
+            .await
+            .unwrap();
+        // The verification goes to the checker, never to the author.
+        assert!(s.lease(&author, 4).await.is_empty(), "not to the author");
+        let v = s.lease_one(&checker).await;
+        assert_eq!(v.capability, "verify");
+        assert_eq!(v.input["verify"]["outputs"], json!({"patch": round}));
+        assert_eq!(v.input["verify"]["criteria"], "tests pass");
+        if round == 1 {
+            // The author tries to give the verdict itself.
+            let refused = s
+                .engine
+                .complete(
+                    v.assignment.assignment_id.clone(),
+                    author.token_hash.clone(),
+                    json!({"verified": true, "evidence": []}),
+                    None,
+                )
+                .await;
+            assert!(
+                matches!(&refused, Err(Error::Conflict(m)) if m.contains("self-attestation")),
+                "{refused:?}"
+            );
+        }
+        s.advance(10).await;
+        s.complete(
+            &checker,
+            &v,
+            json!({"verified": false, "evidence": [format!("test {round} fails")], "feedback": format!("round {round}")}),
+        )
+        .await
+        .unwrap();
+        s.advance(1_000).await;
+    }
+    assert_eq!(s.status("checked").await, "escalated");
+    let verdicts = s.verifications("checked").await;
+    assert_eq!(verdicts.len(), 3);
+    assert!(verdicts
+        .iter()
+        .all(|v| !v.verified && v.verifier != v.author));
+    let e = &s.escalations("checked").await[0];
+    assert_eq!(e.kind, baton_core::EscalationKind::Verification);
+    assert_eq!(e.evidence["verdicts"].as_array().unwrap().len(), 3);
+    // A retry gives three more attempts; this time the verdict is positive and the
+    // dependent starts.
+    s.engine
+        .resolve(
+            e.escalation_id.clone(),
+            baton_engine::Resolve {
+                action: baton_core::ResolveAction::Retry,
+                outputs: None,
+                note: None,
+                budget: None,
+            },
+        )
+        .await
+        .unwrap();
+    let work = s.lease_one(&author).await;
+    assert_eq!(work.assignment.attempt, 4);
+    assert_eq!(work.input["brief"], "a scenario");
+    s.complete(&author, &work, json!({"patch": 4}))
+        .await
+        .unwrap();
+    let v = s.lease_one(&checker).await;
+    s.complete(
+        &checker,
+        &v,
+        json!({"verified": true, "evidence": ["green"]}),
+    )
+    .await
+    .unwrap();
+    let after = s.lease_one(&author).await;
+    assert_eq!(after.assignment.subtask_id.as_str(), "code::checked::2");
+    s.complete(&author, &after, json!({})).await.unwrap();
+    assert_eq!(s.status("checked").await, "completed");
+    insta::assert_snapshot!(s
+        .timeline("checked")
+        .await
+        .replace(&format!("[{}]", author.name), "[author]"));
+    s.finish().await;
+}
+
+/// A verification with no agent but the author offering the verifier capability waits; it is
+/// handed out when another one registers.
+#[tokio::test]
+async fn a_verification_waits_for_an_agent_other_than_the_author() {
+    let mut s = Scenario::new().await;
+    let author = s.register("author", &["code", "verify"], 4).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "alone", "title": "t", "description": "d",
+        "plan": {"subtasks": [{"id": "fix", "capability": "code", "verify": true}]},
+    })))
+    .await;
+    let work = s.lease_one(&author).await;
+    s.complete(&author, &work, json!({"x": 1})).await.unwrap();
+    assert!(s.lease(&author, 4).await.is_empty());
+    assert!(s.timeline("alone").await.contains("verification blocked"));
+    let other = s.register("other", &["verify"], 1).await;
+    let v = s.lease_one(&other).await;
+    s.complete(&other, &v, json!({"verified": true, "evidence": []}))
+        .await
+        .unwrap();
+    assert_eq!(s.status("alone").await, "completed");
+    s.finish().await;
+}
+
+/// `execution_mode: manual`: every step waits for approval (the task is `awaiting_approval`
+/// while nothing else can run); a rejected step escalates; approving goes on.
+#[tokio::test]
+async fn manual_execution_waits_for_each_approval_and_a_rejection_escalates() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 4).await;
+    let planned = baton_engine::intake::NewTask {
+        execute: false,
+        ..Scenario::task("gated", &[("a", "x", &[]), ("b", "x", &["a"])], "normal")
+    };
+    s.submit(planned).await;
+    let gates = baton_engine::Gates {
+        manual: true,
+        checkpoints: Vec::new(),
+    };
+    let status = s.engine.execute("gated".into(), gates).await.unwrap();
+    assert_eq!(status, baton_core::TaskStatus::AwaitingApproval);
+    assert!(s.lease(&w, 4).await.is_empty(), "nothing runs unapproved");
+    let approved = s
+        .engine
+        .decide_gates("gated".into(), None, true, Some("looks right".into()))
+        .await
+        .unwrap();
+    assert_eq!(approved, vec!["x::gated::1".into()]);
+    assert_eq!(s.status("gated").await, "running");
+    let a = s.lease_one(&w).await;
+    s.complete(&w, &a, json!({})).await.unwrap();
+    assert_eq!(s.status("gated").await, "awaiting_approval");
+    // Nothing is waiting except b; deciding on a subtask that is not waiting is refused.
+    let wrong = s
+        .engine
+        .decide_gates("gated".into(), Some(vec!["x::gated::1".into()]), true, None)
+        .await;
+    assert!(matches!(wrong, Err(Error::Conflict(_))), "{wrong:?}");
+    s.engine
+        .decide_gates("gated".into(), None, false, Some("not today".into()))
+        .await
+        .unwrap();
+    assert_eq!(s.status("gated").await, "escalated");
+    assert_eq!(
+        s.escalations("gated").await[0].kind,
+        baton_core::EscalationKind::Rejected
+    );
+    insta::assert_snapshot!(s.timeline("gated").await);
+    s.finish().await;
+}
+
+/// A subtask no agent can serve is blocked; an operator routes it by hand to an agent of their
+/// choice (whatever its capabilities), which gets it at its next lease call.
+#[tokio::test]
+async fn a_blocked_subtask_is_routed_by_hand() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["other"], 1).await;
+    s.submit(Scenario::task("stuck", &[("a", "rare", &[])], "normal"))
+        .await;
+    assert!(s.timeline("stuck").await.contains("-> blocked"));
+    let refused = s
+        .engine
+        .assign_manually("stuck".into(), "rare::stuck::1".into(), "agent-nope".into())
+        .await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    s.engine
+        .assign_manually("stuck".into(), "rare::stuck::1".into(), w.id.clone())
+        .await
+        .unwrap();
+    let g = s.lease_one(&w).await;
+    assert_eq!(g.assignment.subtask_id.as_str(), "rare::stuck::1");
+    assert_eq!(g.capability, "rare");
+    s.complete(&w, &g, json!({})).await.unwrap();
+    assert_eq!(s.status("stuck").await, "completed");
+    insta::assert_snapshot!(s.timeline("stuck").await);
+    s.finish().await;
+}
+
+/// A task over its budget takes no new dispatch (running work finishes) and escalates; raising
+/// the budget lets it go on.
+#[tokio::test]
+async fn a_crossed_budget_stops_dispatch_and_escalates_until_raised() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 4).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "costly", "title": "t", "description": "d",
+        "budget": {"max_tokens": 100},
+        "plan": {"subtasks": [
+            {"id": "a", "capability": "x"},
+            {"id": "b", "capability": "x"},
+            {"id": "c", "capability": "x", "depends_on": ["a", "b"]},
+        ]},
+    })))
+    .await;
+    let mut two = s.lease(&w, 4).await;
+    assert_eq!(two.len(), 2);
+    two.sort_by_key(|g| g.assignment.subtask_id.clone());
+    let id = two[0].assignment.assignment_id.clone();
+    s.engine
+        .complete(
+            id,
+            w.token_hash.clone(),
+            json!({}),
+            Some(baton_core::Usage {
+                tokens_in: 80,
+                tokens_out: 40,
+                cost_usd: 0.01,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.status("costly").await, "escalated");
+    // The running one still finishes; c is ready but held back.
+    s.complete(&w, &two[1], json!({})).await.unwrap();
+    assert!(s.lease(&w, 4).await.is_empty(), "no dispatch over budget");
+    let e = &s.escalations("costly").await[0];
+    assert_eq!(e.kind, baton_core::EscalationKind::Budget);
+    assert_eq!(e.reason, "used 120 tokens, budget 100");
+    s.engine
+        .resolve(
+            e.escalation_id.clone(),
+            baton_engine::Resolve {
+                action: baton_core::ResolveAction::RaiseBudget,
+                outputs: None,
+                note: None,
+                budget: Some(baton_core::Budget {
+                    max_tokens: Some(1_000),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let c = s.lease_one(&w).await;
+    assert_eq!(c.assignment.subtask_id.as_str(), "x::costly::3");
+    s.complete(&w, &c, json!({})).await.unwrap();
+    assert_eq!(s.status("costly").await, "completed");
+    insta::assert_snapshot!(s.timeline("costly").await);
+    s.finish().await;
+}
+
+/// A verification whose answer never reached its verifier expires after one lease although
+/// the verifier keeps polling, and goes to another verifier; the work is not redone.
+#[tokio::test]
+async fn a_lost_verification_goes_to_another_verifier_without_redoing_the_work() {
+    let mut s = Scenario::new().await;
+    let author = s.register("author", &["code"], 1).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "lostv", "title": "t", "description": "d",
+        "plan": {"subtasks": [{"id": "fix", "capability": "code", "verify": true}]},
+    })))
+    .await;
+    let work = s.lease_one(&author).await;
+    s.complete(&author, &work, json!({"x": 1})).await.unwrap();
+    let first = s.register("first", &["verify"], 1).await;
+    let lost = s.lease_one(&first).await;
+    let second = s.register("second", &["verify"], 1).await;
+    // `first` keeps calling, but never names the verification it never received.
+    for _ in 0..3 {
+        s.advance(LEASE_MS / 2).await;
+        s.heartbeat(&first, None).await;
+        s.heartbeat(&second, None).await;
+    }
+    let v = s.lease_one(&second).await;
+    assert_ne!(v.assignment.assignment_id, lost.assignment.assignment_id);
+    assert_eq!(
+        v.assignment.attempt, 1,
+        "the same attempt's output is verified"
+    );
+    s.complete(&second, &v, json!({"verified": true, "evidence": ["ok"]}))
+        .await
+        .unwrap();
+    assert_eq!(s.status("lostv").await, "completed");
+    let verdicts = s.verifications("lostv").await;
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].verifier, second.id);
     s.finish().await;
 }
 

@@ -1,7 +1,12 @@
 //! Domain types to wire types, and timestamps to RFC 3339.
 
 use baton_api as api;
-use baton_core::{workflow, Event, Millis, Subtask, SubtaskState, Task, TaskContext, TaskId};
+use std::collections::HashMap;
+
+use baton_core::{
+    workflow, Change, Escalation, Millis, Subtask, SubtaskState, Task, TaskContext, TaskId, Usage,
+    Verification,
+};
 use baton_engine::{AgentInfo, LeaseGrant, NewTask, TaskSnapshot};
 use serde_json::{Map, Value};
 use time::macros::format_description;
@@ -103,13 +108,19 @@ fn result_with_outputs(result: Option<Value>, subtasks: &[Subtask]) -> Option<Va
     Some(result)
 }
 
-pub fn detail(
-    task: Task,
-    subtasks: Vec<Subtask>,
-    events: Vec<Event>,
-    now: Millis,
-) -> api::TaskDetail {
+pub fn detail(d: baton_store::TaskDetail, now: Millis) -> api::TaskDetail {
+    let baton_store::TaskDetail {
+        task,
+        subtasks,
+        events,
+        verifications,
+        escalations,
+    } = d;
     let result = result_with_outputs(task.result.clone(), &subtasks);
+    let mut total = Usage::default();
+    for u in subtasks.iter().filter_map(|s| s.usage.as_ref()) {
+        total.add(u);
+    }
     // Each step's own input, its references resolved once its dependencies are done (they
     // read their outputs). Not the whole agent input: the dependencies' outputs are shown once,
     // on their own subtasks, so a dense plan's answer does not grow with its edges.
@@ -121,8 +132,36 @@ pub fn detail(
             _ => workflow::resolved_input(&task, &subtasks, i),
         })
         .collect();
+    // Why each subtask is in its state: the note of the event that put it there.
+    let states: HashMap<&str, SubtaskState> = subtasks
+        .iter()
+        .map(|s| (s.subtask_id.as_str(), s.state))
+        .collect();
+    let mut reasons: HashMap<&str, &str> = HashMap::new();
+    for e in &events {
+        if let Change::Subtask { subtask_id, to, .. } = &e.change {
+            if states.get(subtask_id.as_str()) == Some(to) {
+                match &e.note {
+                    Some(note) => reasons.insert(subtask_id.as_str(), note.as_str()),
+                    None => reasons.remove(subtask_id.as_str()),
+                };
+            }
+        }
+    }
+    let reasons: HashMap<String, String> = reasons
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let context = task.context.clone();
     api::TaskDetail {
+        verifications: verifications.into_iter().map(verification).collect(),
+        escalations: escalations.into_iter().map(escalation).collect(),
+        usage: (!total.is_zero()).then(|| usage(&total)),
+        budget: context.budget.as_ref().map(|b| api::Budget {
+            max_tokens: b.max_tokens,
+            max_cost_usd: b.max_cost_usd,
+            max_duration_s: b.max_duration_s,
+        }),
         planner: planner(&context),
         params: (!context.params.is_empty()).then_some(Value::Object(context.params)),
         objectives: context.objectives,
@@ -151,6 +190,8 @@ pub fn detail(
                 when: s.rules.as_ref().and_then(|r| r.when.clone()),
                 verify: s.rules.as_ref().and_then(|r| r.verify.clone()),
                 approval: s.rules.as_ref().and_then(|r| r.approval.clone()),
+                usage: s.usage.as_ref().map(usage),
+                reason: reasons.get(s.subtask_id.as_str()).cloned(),
                 subtask_id: s.subtask_id.to_string(),
                 agent: s.capability,
                 assigned_agent: s.assigned_agent.map(|a| a.to_string()),
@@ -177,6 +218,44 @@ pub fn detail(
                 }
             })
             .collect(),
+    }
+}
+
+fn usage(u: &Usage) -> api::Usage {
+    api::Usage {
+        tokens_in: Some(u.tokens_in),
+        tokens_out: Some(u.tokens_out),
+        cost_usd: Some(u.cost_usd),
+    }
+}
+
+fn verification(v: Verification) -> api::VerificationView {
+    api::VerificationView {
+        subtask_id: v.subtask_id.to_string(),
+        n: v.n,
+        attempt: v.attempt,
+        author: v.author.to_string(),
+        verifier: v.verifier.to_string(),
+        verified: v.verified,
+        evidence: v.evidence,
+        feedback: v.feedback,
+        at: timestamp(v.at),
+    }
+}
+
+pub fn escalation(e: Escalation) -> api::EscalationView {
+    api::EscalationView {
+        escalation_id: e.escalation_id,
+        task_id: e.task_id.to_string(),
+        subtask_id: e.subtask_id.map(|s| s.to_string()),
+        kind: e.kind.to_string(),
+        status: e.status.to_string(),
+        reason: e.reason,
+        evidence: e.evidence,
+        suggestions: e.suggestions,
+        created_at: timestamp(e.created_at),
+        resolved_at: e.resolved_at.map(timestamp),
+        resolution: e.resolution.and_then(|r| serde_json::to_value(r).ok()),
     }
 }
 

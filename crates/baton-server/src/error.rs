@@ -77,6 +77,7 @@ impl From<baton_engine::Error> for ApiError {
         match e {
             E::NotFound(m) => Self::not_found(m),
             E::Conflict(m) => Self::conflict(m),
+            E::Invalid(m) => Self::bad_request(m),
             E::Unauthorized => Self::unauthorized(),
             E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
             E::Unavailable(m) => {

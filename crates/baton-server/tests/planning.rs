@@ -337,6 +337,16 @@ async fn every_built_in_workflow_runs_end_to_end() {
             recording(&journal, specialist),
         )
         .await;
+    // `verify` steps are checked by another agent.
+    let verifier = server
+        .spawn_worker(
+            worker_config("verifier", &["verify"]),
+            recording(&journal, |job: Job| async move {
+                let checked = job.input["verify"]["subtask_id"].clone();
+                Ok(json!({"verified": true, "evidence": [checked]}))
+            }),
+        )
+        .await;
     for (task_id, body) in [
         (
             "blog",
@@ -387,9 +397,18 @@ async fn every_built_in_workflow_runs_end_to_end() {
     // A step reads the outputs its input references.
     let backend = journal.one("backend::feature::1");
     assert_eq!(backend.input["requirements"]["by"], "requirements");
-    let fix = journal.one("bugfix::bug::1");
+    let fix = journal
+        .of("bugfix::bug::1")
+        .into_iter()
+        .find(|j| j.capability == "bugfix")
+        .expect("the fix ran");
     assert_eq!(fix.input["diagnosis"]["by"], "debugging");
+    let bug = server.task("bug").await;
+    assert_eq!(bug.verifications.len(), 1);
+    assert!(bug.verifications[0].verified);
+    assert_ne!(bug.verifications[0].verifier, bug.verifications[0].author);
     worker.stop().await;
+    verifier.stop().await;
     server.shutdown().await;
 }
 

@@ -90,6 +90,7 @@ async fn a_lost_lease_is_retried_elsewhere_and_the_late_result_is_fenced() {
             &b.token,
             &baton_agent::api::CompleteRequest {
                 outputs: b_outputs.clone(),
+                usage: None,
             },
         )
         .await
@@ -103,6 +104,7 @@ async fn a_lost_lease_is_retried_elsewhere_and_the_late_result_is_fenced() {
             &b.token,
             &baton_agent::api::CompleteRequest {
                 outputs: json!({"by": "b", "attempt": 99}),
+                usage: None,
             },
         )
         .await
@@ -691,7 +693,9 @@ async fn a_failed_subtask_revokes_its_running_siblings() {
     let server = TestServer::start().await;
     let slow = server.hand_agent("slow", &["slow"]).await;
     let bad = server.hand_agent("bad", &["bad"]).await;
+    // Under the `fail` policy a permanent failure fails the task (by default it escalates).
     let body = json!({"task_id": "f-1", "title": "Fails", "description": "siblings",
+                      "on_exhausted": "fail",
                       "plan": {"subtasks": [
                           {"id": "a", "capability": "slow"},
                           {"id": "b", "capability": "bad"},

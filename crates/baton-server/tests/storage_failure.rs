@@ -64,6 +64,21 @@ impl Store for FailingStore {
     async fn workflows(&self) -> baton_store::Result<Vec<baton_store::StoredWorkflow>> {
         self.inner.workflows().await
     }
+    async fn task_detail(
+        &self,
+        id: &TaskId,
+    ) -> baton_store::Result<Option<baton_store::TaskDetail>> {
+        self.inner.task_detail(id).await
+    }
+    async fn escalations(
+        &self,
+        query: &baton_store::EscalationQuery,
+    ) -> baton_store::Result<Vec<baton_core::Escalation>> {
+        self.inner.escalations(query).await
+    }
+    async fn escalation(&self, id: &str) -> baton_store::Result<Option<baton_core::Escalation>> {
+        self.inner.escalation(id).await
+    }
 }
 
 async fn start(

@@ -447,7 +447,7 @@ async fn batch_results_settle_each_attempt_on_its_own() {
         server
             .post(
                 "/tasks",
-                json!({"task_id": id, "title": "t", "description": "d",
+                json!({"task_id": id, "title": "t", "description": "d", "on_exhausted": "fail",
                        "plan": {"subtasks": [{"id": "s", "capability": "echo"}]}}),
             )
             .await;

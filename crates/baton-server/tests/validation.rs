@@ -545,10 +545,10 @@ async fn agent_protocol_bodies_are_validated() {
     server
         .post(
             "/execute/v-1",
-            json!({"execution_mode": "manual", "checkpoints": []}),
+            json!({"execution_mode": "sideways", "checkpoints": ["a b"]}),
         )
         .await
-        .assert_invalid(&["execution_mode", "checkpoints"]);
+        .assert_invalid(&["execution_mode", "checkpoints[0]"]);
 
     // None of it touched the assignment.
     let detail = server.task("v-1").await;

@@ -9,9 +9,10 @@
 mod common;
 
 use baton_agent::api::{
-    ClientPlan, ClientStep, CompleteRequest, ExecuteRequest, ExecuteWorkflow, FailRequest,
-    HeartbeatRequest, LeaseRequest, ParamDef, Phase, PriorityInput, ProgressRequest, RegisterAgent,
-    ResultItem, ResultsRequest, SubmitBatch, SubmitTask, WorkflowDef,
+    Budget, ClientPlan, ClientStep, CompleteRequest, ExecuteRequest, ExecuteWorkflow, FailRequest,
+    GateDecision, HeartbeatRequest, LeaseRequest, ManualAssign, ParamDef, Phase, PriorityInput,
+    ProgressRequest, RegisterAgent, ResolveRequest, ResultItem, ResultsRequest, SubmitBatch,
+    SubmitTask, Usage, WorkflowDef,
 };
 use common::{Body, Reply, TestServer};
 use reqwest::Method;
@@ -39,11 +40,18 @@ fn submit_task(id: &str) -> SubmitTask {
                     approval: None,
                     timeout_s: None,
                     max_attempts: None,
+                    on_exhausted: None,
                 },
                 every_field_step(),
             ],
         }),
         params: Some(json!({"topic": "wires"})),
+        budget: Some(Budget {
+            max_tokens: Some(1_000_000),
+            max_cost_usd: Some(100.0),
+            max_duration_s: Some(3_600),
+        }),
+        on_exhausted: Some("escalate".into()),
     }
 }
 
@@ -59,6 +67,7 @@ fn every_field_step() -> ClientStep {
         approval: Some(json!(true)),
         timeout_s: Some(60),
         max_attempts: Some(2),
+        on_exhausted: Some("fail".into()),
     }
 }
 
@@ -146,6 +155,8 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
         "payload",
         "plan",
         "params",
+        "budget",
+        "on_exhausted",
     ];
     let body = full_body(&submit, &fields);
     let reply = post(&server, "/orchestrate", &body, None).await;
@@ -165,7 +176,7 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
             .collect()
     );
     let step = serde_json::to_value(&submit.plan.as_ref().unwrap().subtasks[1]).unwrap();
-    assert_eq!(step.as_object().unwrap().len(), 9, "every field of a step");
+    assert_eq!(step.as_object().unwrap().len(), 10, "every field of a step");
 
     let workflow = WorkflowDef {
         name: "wire-flow".into(),
@@ -243,10 +254,9 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
 
     let execute = ExecuteRequest {
         execution_mode: Some("auto".into()),
-        checkpoints: Some(json!([])),
+        checkpoints: Some(Vec::new()),
     };
     let body = full_body(&execute, &["execution_mode", "checkpoints"]);
-    // Checkpoints are refused by a rule (not supported yet), not as an unknown field.
     no_unknown_field(
         &post(&server, "/execute/wire-1", &body, None).await,
         "execute",
@@ -260,6 +270,33 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
     )
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
+
+    let gate = GateDecision {
+        subtask_ids: Some(vec!["cap::wire-1::2".into()]),
+        note: Some("why".into()),
+    };
+    let body = full_body(&gate, &["subtask_ids", "note"]);
+    for path in ["/tasks/wire-1/approve", "/tasks/wire-1/reject"] {
+        no_unknown_field(&post(&server, path, &body, None).await, path);
+        extra_key_is_refused(&server, path, &body, None).await;
+    }
+    let assign = ManualAssign {
+        agent_id: agent_id.clone(),
+    };
+    let body = full_body(&assign, &["agent_id"]);
+    let path = "/tasks/wire-1/subtasks/cap::wire-1::2/assign";
+    no_unknown_field(&post(&server, path, &body, None).await, path);
+    extra_key_is_refused(&server, path, &body, None).await;
+    let resolve = ResolveRequest {
+        action: "provide_output".into(),
+        outputs: Some(json!({"x": 1})),
+        budget: Some(Budget::default()),
+        note: Some("by hand".into()),
+    };
+    let body = full_body(&resolve, &["action", "outputs", "budget", "note"]);
+    let path = "/escalations/esc-none/resolve";
+    no_unknown_field(&post(&server, path, &body, None).await, path);
+    extra_key_is_refused(&server, path, &body, None).await;
 
     let lease = LeaseRequest {
         max: Some(1),
@@ -314,6 +351,11 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
             outputs: Some(json!({"x": 1})),
             error: Some("both".into()),
             retryable: Some(false),
+            usage: Some(Usage {
+                tokens_in: Some(1),
+                tokens_out: Some(2),
+                cost_usd: Some(0.5),
+            }),
         }],
         held: Some(Vec::new()),
     };
@@ -324,16 +366,21 @@ async fn every_field_of_every_request_type_is_accepted_and_nothing_more() {
     let item = serde_json::to_value(&results.results[0]).unwrap();
     assert_eq!(
         item.as_object().unwrap().len(),
-        4,
+        5,
         "every field of a result"
     );
     extra_key_is_refused(&server, &path, &body, token).await;
 
     let complete = CompleteRequest {
         outputs: json!({"done": true}),
+        usage: Some(Usage {
+            tokens_in: Some(10),
+            tokens_out: Some(20),
+            cost_usd: Some(0.25),
+        }),
     };
     let path = format!("/assignments/{assignment}/complete");
-    let body = full_body(&complete, &["outputs"]);
+    let body = full_body(&complete, &["outputs", "usage"]);
     extra_key_is_refused(&server, &path, &body, token).await;
     let reply = post(&server, &path, &body, token).await;
     assert_eq!(reply.status, 200, "{reply:?}");

@@ -462,8 +462,10 @@ async fn retries_follow_the_policy() {
         )
         .await;
 
+    // `broken` runs under the `fail` policy; the others under the default, `escalate`.
     let submit = |id: &str, cap: &str| {
-        json!({"task_id": id, "title": cap, "description": "retry policy",
+        let policy = if cap == "broken" { "fail" } else { "escalate" };
+        json!({"task_id": id, "title": cap, "description": "retry policy", "on_exhausted": policy,
                "plan": {"subtasks": [{"id": "first", "capability": cap},
                                      {"id": "second", "capability": "after", "depends_on": ["first"]}]}})
     };
@@ -514,7 +516,8 @@ async fn retries_follow_the_policy() {
         .collect();
     assert_eq!(attempts, [1, 2]);
 
-    // Permanent: failed at once, the rest of the task cancelled, the error in the result.
+    // Permanent, under `fail`: failed at once, the rest of the task cancelled, the error in the
+    // result.
     let broken = server.wait_for_status("r-broken", "failed", PATIENCE).await;
     let s = subtask(&broken, "broken::r-broken::1");
     assert_eq!((s.state.as_str(), s.attempts), ("failed", 1));
@@ -534,27 +537,27 @@ async fn retries_follow_the_policy() {
     assert_eq!(journal.of("broken::r-broken::1").len(), 1);
     assert!(journal.of("after::r-broken::1").is_empty());
 
-    // Retryable every time: three attempts, then failed.
+    // Retryable every time: three attempts, then escalated to a human (never silently
+    // failed), with every attempt's error as evidence; the dependent waits.
     let hopeless = server
-        .wait_for_status("r-hopeless", "failed", PATIENCE)
+        .wait_for_status("r-hopeless", "escalated", PATIENCE)
         .await;
     let s = subtask(&hopeless, "hopeless::r-hopeless::1");
-    assert_eq!((s.state.as_str(), s.attempts), ("failed", 3));
+    assert_eq!((s.state.as_str(), s.attempts), ("escalated", 3));
     assert!(
         s.error.as_deref().is_some_and(|e| e.contains("attempt 3")),
         "{s:?}"
     );
+    let escalation = &hopeless.escalations[0];
+    assert_eq!(escalation.kind, "attempts");
+    assert_eq!(escalation.evidence["attempts"].as_array().unwrap().len(), 3);
     let attempts: Vec<u32> = journal
         .of("hopeless::r-hopeless::1")
         .iter()
         .map(|s| s.attempt)
         .collect();
     assert_eq!(attempts, [1, 2, 3]);
-    assert!(hopeless.result.as_ref().unwrap()["errors"]["hopeless::r-hopeless::1"].is_string());
-    assert_eq!(
-        subtask(&hopeless, "after::r-hopeless::1").state,
-        "cancelled"
-    );
+    assert_eq!(subtask(&hopeless, "after::r-hopeless::1").state, "pending");
 
     let report = worker.stop().await;
     // flaky: 1 failure + 2 completions (its own and `after`); broken: 1; hopeless: 3.

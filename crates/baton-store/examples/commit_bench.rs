@@ -272,6 +272,7 @@ impl Lifecycle {
             error: None,
             updated_at: at,
             rules: None,
+            usage: None,
         };
         let assignment = Assignment {
             assignment_id: AssignmentId(format!("as-{seq}-0-1")),
@@ -283,6 +284,7 @@ impl Lifecycle {
             lease_expires_at: at + 30_000,
             created_at: at + 1,
             finished_at: None,
+            kind: baton_core::AssignmentKind::Work,
         };
         Lifecycle {
             task,
@@ -330,6 +332,7 @@ impl Lifecycle {
             outputs,
             error: None,
             updated_at: at,
+            usage: None,
         }
     }
 
@@ -374,6 +377,7 @@ impl Lifecycle {
                 "outputs": { self.sub.subtask_id.as_str(): outputs },
                 "metrics": { "elapsed_seconds": 0.003, "on_time": null },
             })),
+            context: Default::default(),
         });
         b.events
             .push(self.event(at, true, Some("assigned"), "running", true));

@@ -17,14 +17,15 @@
 //! (`u32::MAX`, negative millis, `Some(Value::Null)`, non-ASCII text).
 
 use crate::{
-    PlanReplacement, Recovery, Store, StoredWorkflow, SubtaskUpdate, TaskQuery, TaskUpdate,
-    WriteBatch,
+    EscalationQuery, PlanReplacement, Recovery, Store, StoredWorkflow, SubtaskUpdate, TaskQuery,
+    TaskUpdate, WriteBatch,
 };
 use baton_core::routing::CapabilityStats;
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Change, Event, Phase,
-    PlannerRecord, Priority, StepRules, Subtask, SubtaskId, SubtaskState, Task, TaskContext,
-    TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentKind, AssignmentState, Budget,
+    Change, Escalation, EscalationKind, EscalationStatus, Event, ExhaustedPolicy, Phase,
+    PlannerRecord, Priority, Resolution, ResolveAction, StepRules, Subtask, SubtaskId,
+    SubtaskState, Task, TaskContext, TaskId, TaskStatus, Usage, Verification,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -119,6 +120,7 @@ pub fn subtask(task_id: &str, index: u32) -> Subtask {
         error: None,
         updated_at: 1_700_000_000_000,
         rules: None,
+        usage: None,
     }
 }
 
@@ -159,6 +161,7 @@ pub fn assignment(id: &str, subtask: &Subtask, agent: &str, state: AssignmentSta
         lease_expires_at: 1_700_000_060_000,
         created_at: 1_700_000_000_000,
         finished_at: None,
+        kind: AssignmentKind::Work,
     }
 }
 
@@ -270,6 +273,7 @@ fn task_update(
         started_at,
         finished_at,
         result,
+        context: TaskContext::default(),
     }
 }
 
@@ -347,6 +351,14 @@ pub async fn round_trips_every_type(store: &dyn Store) {
             objectives: vec!["one".into()],
             constraints: vec!["two".into()],
             acceptance_criteria: vec!["three ✓".into()],
+            on_exhausted: Some(ExhaustedPolicy::Fail),
+            manual: true,
+            checkpoints: vec![0, u32::MAX],
+            budget: Some(Budget {
+                max_tokens: Some(u64::MAX),
+                max_cost_usd: Some(0.125),
+                max_duration_s: Some(60),
+            }),
         },
     };
     let empty_task = Task {
@@ -373,7 +385,13 @@ pub async fn round_trips_every_type(store: &dyn Store) {
             approval: Some(json!(true)),
             timeout_ms: Some(u64::MAX >> 1),
             max_attempts: Some(u32::MAX),
+            on_exhausted: Some(ExhaustedPolicy::Escalate),
         })),
+        usage: Some(Usage {
+            tokens_in: u64::MAX,
+            tokens_out: 0,
+            cost_usd: 1.5,
+        }),
     };
     let empty_subtask = Subtask {
         subtask_id: SubtaskId::from("code::tâche-東京-1::1"),
@@ -390,6 +408,7 @@ pub async fn round_trips_every_type(store: &dyn Store) {
         error: None,
         updated_at: 0,
         rules: Some(Box::default()),
+        usage: Some(Usage::default()),
     };
     let empty_task_subtask = Subtask {
         input: json!("just a string"),
@@ -424,7 +443,57 @@ pub async fn round_trips_every_type(store: &dyn Store) {
     };
     let closed_assignment = Assignment {
         finished_at: Some(1_700_000_001_000),
+        kind: AssignmentKind::Verification,
         ..assignment("as-2", &empty_subtask, "agent-bare", AssignmentState::Lost)
+    };
+    let verdict = Verification {
+        task_id: full_task.task_id.clone(),
+        subtask_id: full_subtask.subtask_id.clone(),
+        n: u32::MAX,
+        attempt: 3,
+        author: AgentId::from("agent-ü"),
+        verifier: AgentId::from("agent-bare"),
+        verified: false,
+        evidence: json!(["log ✓", { "line": 3 }]),
+        feedback: Some("réessayer".into()),
+        at: -3,
+    };
+    let bare_verdict = Verification {
+        n: 1,
+        verified: true,
+        evidence: json!([]),
+        feedback: None,
+        ..verdict.clone()
+    };
+    let open_escalation = Escalation {
+        escalation_id: "esc-ü-1".into(),
+        task_id: full_task.task_id.clone(),
+        subtask_id: Some(full_subtask.subtask_id.clone()),
+        kind: EscalationKind::Verification,
+        status: EscalationStatus::Open,
+        reason: "3 négatifs".into(),
+        evidence: json!({ "verdicts": [1, 2, 3] }),
+        suggestions: vec!["retry".into(), "provide_output ✓".into()],
+        created_at: 5,
+        resolved_at: None,
+        resolution: None,
+    };
+    let resolved_escalation = Escalation {
+        escalation_id: "esc-task".into(),
+        subtask_id: None,
+        kind: EscalationKind::Budget,
+        status: EscalationStatus::Resolved,
+        suggestions: Vec::new(),
+        created_at: 4,
+        resolved_at: Some(9),
+        resolution: Some(Resolution {
+            action: ResolveAction::RaiseBudget,
+            note: Some("ok".into()),
+            outputs: Some(json!({ "x": null })),
+            budget: Some(Budget::default()),
+            attempts: u32::MAX,
+        }),
+        ..open_escalation.clone()
     };
     let full_event = Event {
         agent: Some(AgentId::from("agent-ü")),
@@ -453,10 +522,40 @@ pub async fn round_trips_every_type(store: &dyn Store) {
             task_updates: Vec::new(),
             subtask_updates: Vec::new(),
             assignments: vec![open_assignment.clone(), closed_assignment.clone()],
+            verifications: vec![bare_verdict.clone(), verdict.clone()],
+            escalations: vec![open_escalation.clone(), resolved_escalation.clone()],
             events: vec![bare_event.clone(), full_event.clone()],
         },
     )
     .await;
+    let detail = store
+        .task_detail(&full_task.task_id)
+        .await
+        .expect("task detail")
+        .expect("stored");
+    assert_eq!(
+        detail.verifications,
+        vec![bare_verdict, verdict],
+        "verdicts in order"
+    );
+    assert_eq!(
+        detail.escalations,
+        vec![resolved_escalation.clone(), open_escalation.clone()],
+        "escalations oldest first"
+    );
+    assert_eq!(
+        store.escalation("esc-task").await.expect("read"),
+        Some(resolved_escalation.clone())
+    );
+    let open_only = EscalationQuery {
+        status: Some(EscalationStatus::Open),
+        limit: 10,
+        ..EscalationQuery::default()
+    };
+    assert_eq!(
+        store.escalations(&open_only).await.expect("list"),
+        vec![open_escalation]
+    );
 
     assert_eq!(
         read_task(store, "tâche-東京-1").await,
@@ -636,6 +735,7 @@ pub async fn subtask_updates_apply_and_last_wins(store: &dyn Store) {
             outputs,
             error: error.map(String::from),
             updated_at: at,
+            usage: None,
         };
     commit(
         store,
@@ -727,8 +827,15 @@ pub async fn rows_created_and_updated_in_one_batch(store: &dyn Store) {
                 outputs: Some(json!({ "diff": "+1" })),
                 error: None,
                 updated_at: 50,
+                usage: Some(Usage {
+                    tokens_in: 3,
+                    tokens_out: 4,
+                    cost_usd: 0.5,
+                }),
             }],
             assignments: vec![first, done.clone()],
+            verifications: Vec::new(),
+            escalations: Vec::new(),
             events: vec![event("t-1", 10, "running")],
         },
     )
@@ -744,6 +851,11 @@ pub async fn rows_created_and_updated_in_one_batch(store: &dyn Store) {
         assigned_agent: Some(AgentId::from("ag-1")),
         outputs: Some(json!({ "diff": "+1" })),
         updated_at: 50,
+        usage: Some(Usage {
+            tokens_in: 3,
+            tokens_out: 4,
+            cost_usd: 0.5,
+        }),
         ..s
     };
     assert_eq!(
@@ -799,6 +911,7 @@ pub async fn upserts_replace_whole_rows(store: &dyn Store) {
         lease_expires_at: 99,
         created_at: 98,
         finished_at: Some(100),
+        kind: AssignmentKind::Verification,
     };
     commit(
         store,
@@ -1287,6 +1400,31 @@ pub async fn recover_returns_live_state(store: &dyn Store) {
         agent("ag-starting", AgentStatus::Starting),
         agent("ag-stopping", AgentStatus::Draining),
     ];
+    let verdict = |task: &str, n: u32| Verification {
+        task_id: TaskId::from(task),
+        subtask_id: sub(task).subtask_id,
+        n,
+        attempt: n,
+        author: AgentId::from("ag-busy"),
+        verifier: AgentId::from("ag-idle"),
+        verified: n > 1,
+        evidence: json!([n]),
+        feedback: None,
+        at: n as i64,
+    };
+    let escalation = |id: &str, task: &str, at: i64| Escalation {
+        escalation_id: id.into(),
+        task_id: TaskId::from(task),
+        subtask_id: Some(sub(task).subtask_id),
+        kind: EscalationKind::Attempts,
+        status: EscalationStatus::Open,
+        reason: "attempts used up".into(),
+        evidence: json!({}),
+        suggestions: Vec::new(),
+        created_at: at,
+        resolved_at: None,
+        resolution: None,
+    };
     commit(
         store,
         WriteBatch {
@@ -1294,6 +1432,12 @@ pub async fn recover_returns_live_state(store: &dyn Store) {
             new_tasks: all_tasks,
             new_subtasks: subtasks,
             assignments,
+            verifications: vec![verdict("t-y", 2), verdict("t-y", 1), verdict("t-w", 1)],
+            escalations: vec![
+                escalation("esc-2", "t-x", 20),
+                escalation("esc-1", "t-u", 10),
+                escalation("esc-w", "t-w", 5),
+            ],
             ..WriteBatch::default()
         },
     )
@@ -1358,6 +1502,12 @@ pub async fn recover_returns_live_state(store: &dyn Store) {
             assignment("as-1", &sub("t-y"), "ag-idle", AssignmentState::Active),
             assignment("as-6", &sub("t-u"), "ag-busy", AssignmentState::Active),
             assignment("as-8", &sub("t-q"), "ag-busy", AssignmentState::Active),
+        ],
+        // Of live tasks only; verdicts in order, escalations oldest first.
+        verifications: vec![verdict("t-y", 1), verdict("t-y", 2)],
+        escalations: vec![
+            escalation("esc-1", "t-u", 10),
+            escalation("esc-2", "t-x", 20),
         ],
         max_seq: 10,
     };
@@ -1522,6 +1672,7 @@ fn doomed_batch() -> WriteBatch {
             outputs: Some(json!(1)),
             error: None,
             updated_at: 2,
+            usage: None,
         }],
         assignments: vec![
             Assignment {
@@ -1531,6 +1682,31 @@ fn doomed_batch() -> WriteBatch {
             },
             assignment("as-2", &s2, "ag-2", AssignmentState::Active),
         ],
+        verifications: vec![Verification {
+            task_id: s2.task_id.clone(),
+            subtask_id: s2.subtask_id.clone(),
+            n: 1,
+            attempt: 1,
+            author: AgentId::from("ag-1"),
+            verifier: AgentId::from("ag-2"),
+            verified: true,
+            evidence: json!([]),
+            feedback: None,
+            at: 2,
+        }],
+        escalations: vec![Escalation {
+            escalation_id: "esc-doomed".into(),
+            task_id: s2.task_id.clone(),
+            subtask_id: None,
+            kind: EscalationKind::Budget,
+            status: EscalationStatus::Open,
+            reason: "budget".into(),
+            evidence: json!({}),
+            suggestions: Vec::new(),
+            created_at: 2,
+            resolved_at: None,
+            resolution: None,
+        }],
         events: vec![event("t-1", 2, "completed"), event("t-2", 2, "planned")],
     }
 }
@@ -1621,6 +1797,7 @@ pub async fn update_of_unknown_row_fails_whole_batch(store: &dyn Store) {
             outputs: None,
             error: None,
             updated_at: 0,
+            usage: None,
         });
         if store.commit(unknown_subtask).await.is_ok() {
             panic!("updating a subtask {what} must fail the batch");

@@ -13,8 +13,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use baton_core::{
-    Agent, Assignment, AssignmentId, Event, Millis, Priority, Subtask, SubtaskId, SubtaskState,
-    Task, TaskContext, TaskId, TaskStatus,
+    Agent, Assignment, AssignmentId, Escalation, EscalationStatus, Event, Millis, Priority,
+    Subtask, SubtaskId, SubtaskState, Task, TaskContext, TaskId, TaskStatus, Usage, Verification,
 };
 use serde_json::Value;
 
@@ -96,6 +96,8 @@ pub struct TaskUpdate {
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
     pub result: Option<Value>,
+    /// Approval gates and budget can change after submission.
+    pub context: TaskContext,
 }
 
 /// A change of a subtask's mutable fields. The row is identified by `(task_id, index)`;
@@ -112,6 +114,7 @@ pub struct SubtaskUpdate {
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub updated_at: Millis,
+    pub usage: Option<Usage>,
 }
 
 /// A task's new plan (the task is still `planned`): its subtasks replace the stored ones, and
@@ -124,7 +127,8 @@ pub struct PlanReplacement {
 }
 
 /// Everything one commit writes. Applied in field order: agents, new tasks, new subtasks,
-/// plan replacements, task updates, subtask updates, assignments, events; within a field in list order, so a
+/// plan replacements, task updates, subtask updates, assignments, verifications, escalations,
+/// events; within a field in list order, so a
 /// later update of the same row wins. Inserting a task id or `seq` that exists, or updating a
 /// task or subtask that does not exist, fails the whole batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -141,6 +145,10 @@ pub struct WriteBatch {
     pub subtask_updates: Vec<SubtaskUpdate>,
     /// Inserted or replaced whole.
     pub assignments: Vec<Assignment>,
+    /// Appended; a verdict is never written twice.
+    pub verifications: Vec<Verification>,
+    /// Inserted or replaced whole.
+    pub escalations: Vec<Escalation>,
     /// Appended to the timeline.
     pub events: Vec<Event>,
 }
@@ -155,6 +163,8 @@ impl WriteBatch {
             && self.task_updates.is_empty()
             && self.subtask_updates.is_empty()
             && self.assignments.is_empty()
+            && self.verifications.is_empty()
+            && self.escalations.is_empty()
             && self.events.is_empty()
     }
 
@@ -167,6 +177,8 @@ impl WriteBatch {
         self.task_updates.extend(other.task_updates);
         self.subtask_updates.extend(other.subtask_updates);
         self.assignments.extend(other.assignments);
+        self.verifications.extend(other.verifications);
+        self.escalations.extend(other.escalations);
         self.events.extend(other.events);
     }
 }
@@ -182,6 +194,10 @@ pub struct Recovery {
     pub subtasks: Vec<Subtask>,
     /// Every assignment in state `active`.
     pub assignments: Vec<Assignment>,
+    /// The verdicts on those tasks' subtasks, in order.
+    pub verifications: Vec<Verification>,
+    /// The escalations of those tasks (open and resolved), oldest first.
+    pub escalations: Vec<Escalation>,
     /// The largest task `seq` ever stored (0 when none).
     pub max_seq: i64,
 }
@@ -192,6 +208,18 @@ pub struct TaskDetail {
     pub task: Task,
     pub subtasks: Vec<Subtask>,
     pub events: Vec<Event>,
+    /// Every verdict on its subtasks, in order.
+    pub verifications: Vec<Verification>,
+    /// Its escalations, oldest first.
+    pub escalations: Vec<Escalation>,
+}
+
+/// Filters of `GET /escalations`; results come newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EscalationQuery {
+    pub status: Option<EscalationStatus>,
+    pub task_id: Option<TaskId>,
+    pub limit: u32,
 }
 
 /// Filters of `GET /tasks`; results come newest first (by `seq`, descending).
@@ -231,19 +259,14 @@ pub trait Store: Send + Sync + 'static {
     /// A task's timeline, oldest first (commit order, then order within the batch).
     async fn timeline(&self, task_id: &TaskId) -> Result<Vec<Event>>;
 
-    /// A task, its subtasks and its timeline as of one commit (a backend should read them in
-    /// one snapshot; the default reads them one after the other).
-    async fn task_detail(&self, task_id: &TaskId) -> Result<Option<TaskDetail>> {
-        let Some((task, subtasks)) = self.task(task_id).await? else {
-            return Ok(None);
-        };
-        let events = self.timeline(task_id).await?;
-        Ok(Some(TaskDetail {
-            task,
-            subtasks,
-            events,
-        }))
-    }
+    /// A task, its subtasks, timeline, verdicts and escalations as of one commit.
+    async fn task_detail(&self, task_id: &TaskId) -> Result<Option<TaskDetail>>;
+
+    /// Escalations matching `query`, newest first, at most `query.limit`.
+    async fn escalations(&self, query: &EscalationQuery) -> Result<Vec<Escalation>>;
+
+    /// One escalation.
+    async fn escalation(&self, escalation_id: &str) -> Result<Option<Escalation>>;
 
     /// Tasks matching `query`, newest first, at most `query.limit`.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;

@@ -25,11 +25,15 @@
 mod timeline;
 mod write;
 
-use crate::{Error, Recovery, Result, Store, StoredWorkflow, TaskDetail, TaskQuery, WriteBatch};
+use crate::{
+    Error, EscalationQuery, Recovery, Result, Store, StoredWorkflow, TaskDetail, TaskQuery,
+    WriteBatch,
+};
 use async_trait::async_trait;
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Event, Millis,
-    Priority, Subtask, SubtaskId, SubtaskState, Task, TaskId, TaskStatus,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentKind, AssignmentState,
+    Escalation, EscalationKind, EscalationStatus, Event, Millis, Priority, Subtask, SubtaskId,
+    SubtaskState, Task, TaskId, TaskStatus, Verification,
 };
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
@@ -46,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
     include_str!("../migrations/sqlite/0003_workflows.sql"),
+    include_str!("../migrations/sqlite/0004_governance.sql"),
     include_str!("../migrations/sqlite/0005_agent_stats.sql"),
 ];
 
@@ -82,9 +87,13 @@ const TASK_COLUMNS: &str = "task_id, seq, title, description, task_type, priorit
      request, due_at, max_attempts, timeout_ms, created_at, started_at, finished_at, result, \
      context";
 const SUBTASK_COLUMNS: &str = "subtask_id, task_id, idx, key, capability, depends_on, input, \
-     state, attempts, assigned_agent, outputs, error, updated_at, rules";
+     state, attempts, assigned_agent, outputs, error, updated_at, rules, usage";
 const ASSIGNMENT_COLUMNS: &str = "assignment_id, task_id, subtask_id, agent_id, attempt, state, \
-     lease_expires_at, created_at, finished_at";
+     lease_expires_at, created_at, finished_at, kind";
+const VERIFICATION_COLUMNS: &str =
+    "task_id, subtask_id, n, attempt, author, verifier, verified, evidence, feedback, at";
+const ESCALATION_COLUMNS: &str = "escalation_id, task_id, subtask_id, kind, status, reason, \
+     evidence, suggestions, created_at, resolved_at, resolution";
 const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";
 const AGENT_COLUMNS: &str = "agent_id, name, kind, capabilities, domains, max_concurrency, \
      status, token_hash, created_at, stats";
@@ -243,6 +252,28 @@ impl Store for SqliteStore {
             let tasks = query_all(&tx, &live_tasks_sql(), [], decode_task)?;
             let subtasks = query_all(&tx, &live_subtasks_sql(), [], decode_subtask)?;
             let assignments = query_all(&tx, &active_assignments_sql(), [], decode_assignment)?;
+            let verifications = query_all(
+                &tx,
+                &format!(
+                    "SELECT {} FROM tasks t JOIN verifications v ON v.task_id = t.task_id \
+                     WHERE {LIVE_TASK} ORDER BY t.seq, v.subtask_id, v.n",
+                    prefixed("v", VERIFICATION_COLUMNS)
+                ),
+                [],
+                decode_verification,
+            )?;
+            let escalations = query_all(
+                &tx,
+                &format!(
+                    "SELECT {} FROM tasks t JOIN escalations e ON e.task_id = t.task_id \
+                     WHERE {} ORDER BY e.created_at, e.escalation_id",
+                    prefixed("e", ESCALATION_COLUMNS),
+                    // `escalations` has a status column too.
+                    LIVE_TASK.replace("status", "t.status")
+                ),
+                [],
+                decode_escalation,
+            )?;
             let max_seq: i64 =
                 tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))?;
             tx.commit()?;
@@ -251,6 +282,8 @@ impl Store for SqliteStore {
                 tasks,
                 subtasks,
                 assignments,
+                verifications,
+                escalations,
                 max_seq,
             })
         })
@@ -276,11 +309,14 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let events = read_timeline(&tx, &task_id)?;
+            let (verifications, escalations) = read_governance(&tx, &task_id)?;
             tx.commit()?;
             Ok(Some(TaskDetail {
                 task,
                 subtasks,
                 events,
+                verifications,
+                escalations,
             }))
         })
         .await
@@ -312,6 +348,53 @@ impl Store for SqliteStore {
                 &format!("SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE assignment_id = ?1"),
                 [assignment_id.as_str()],
                 decode_assignment,
+            )?;
+            Ok(found.pop())
+        })
+        .await
+    }
+
+    async fn escalations(&self, query: &EscalationQuery) -> Result<Vec<Escalation>> {
+        let mut conditions = Vec::new();
+        let mut args: Vec<SqlValue> = Vec::new();
+        if let Some(status) = query.status {
+            args.push(SqlValue::Text(status.as_str().to_owned()));
+            conditions.push(format!("status = ?{}", args.len()));
+        }
+        if let Some(task_id) = &query.task_id {
+            args.push(SqlValue::Text(task_id.to_string()));
+            conditions.push(format!("task_id = ?{}", args.len()));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        args.push(SqlValue::Integer(i64::from(query.limit)));
+        let sql = format!(
+            "SELECT {ESCALATION_COLUMNS} FROM escalations {filter} \
+             ORDER BY created_at DESC, escalation_id DESC LIMIT ?{}",
+            args.len()
+        );
+        self.read(move |conn| {
+            query_all(
+                conn,
+                &sql,
+                rusqlite::params_from_iter(args.iter()),
+                decode_escalation,
+            )
+        })
+        .await
+    }
+
+    async fn escalation(&self, escalation_id: &str) -> Result<Option<Escalation>> {
+        let id = escalation_id.to_owned();
+        self.read(move |conn| {
+            let mut found = query_all(
+                conn,
+                &format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE escalation_id = ?1"),
+                [id.as_str()],
+                decode_escalation,
             )?;
             Ok(found.pop())
         })
@@ -654,6 +737,7 @@ fn decode_subtask(row: &Row<'_>) -> Result<Subtask> {
         error: row.get(11)?,
         updated_at: row.get(12)?,
         rules: optional_typed(row, 13)?.map(Box::new),
+        usage: optional_typed(row, 14)?,
     })
 }
 
@@ -668,7 +752,65 @@ fn decode_assignment(row: &Row<'_>) -> Result<Assignment> {
         lease_expires_at: row.get(6)?,
         created_at: row.get(7)?,
         finished_at: row.get(8)?,
+        kind: text_enum(row, 9, "assignment kind", AssignmentKind::parse)?,
     })
+}
+
+fn decode_verification(row: &Row<'_>) -> Result<Verification> {
+    Ok(Verification {
+        task_id: TaskId(row.get(0)?),
+        subtask_id: SubtaskId(row.get(1)?),
+        n: row.get(2)?,
+        attempt: row.get(3)?,
+        author: AgentId(row.get(4)?),
+        verifier: AgentId(row.get(5)?),
+        verified: row.get(6)?,
+        evidence: json_column(row, 7)?,
+        feedback: row.get(8)?,
+        at: row.get(9)?,
+    })
+}
+
+fn decode_escalation(row: &Row<'_>) -> Result<Escalation> {
+    Ok(Escalation {
+        escalation_id: row.get(0)?,
+        task_id: TaskId(row.get(1)?),
+        subtask_id: row.get::<_, Option<String>>(2)?.map(SubtaskId),
+        kind: text_enum(row, 3, "escalation kind", EscalationKind::parse)?,
+        status: text_enum(row, 4, "escalation status", EscalationStatus::parse)?,
+        reason: row.get(5)?,
+        evidence: json_column(row, 6)?,
+        suggestions: json_column(row, 7)?,
+        created_at: row.get(8)?,
+        resolved_at: row.get(9)?,
+        resolution: optional_typed(row, 10)?,
+    })
+}
+
+/// A task's verdicts and escalations, in order.
+fn read_governance(
+    conn: &Connection,
+    task_id: &TaskId,
+) -> Result<(Vec<Verification>, Vec<Escalation>)> {
+    let verifications = query_all(
+        conn,
+        &format!(
+            "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE task_id = ?1 \
+             ORDER BY subtask_id, n"
+        ),
+        [task_id.as_str()],
+        decode_verification,
+    )?;
+    let escalations = query_all(
+        conn,
+        &format!(
+            "SELECT {ESCALATION_COLUMNS} FROM escalations WHERE task_id = ?1 \
+             ORDER BY created_at, escalation_id"
+        ),
+        [task_id.as_str()],
+        decode_escalation,
+    )?;
+    Ok((verifications, escalations))
 }
 
 fn decode_agent(row: &Row<'_>) -> Result<Agent> {

@@ -92,6 +92,7 @@ async fn data_survives_drop_and_reopen() {
                 started_at: Some(1),
                 finished_at: Some(9),
                 result: Some(json!(null)),
+                context: Default::default(),
             }],
             ..WriteBatch::default()
         })
@@ -127,7 +128,7 @@ async fn migrations_are_idempotent() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4, "schema version after three opens");
+    assert_eq!(version, 5, "schema version after three opens");
     let tables: i64 = raw(dir.path())
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
@@ -474,6 +475,7 @@ async fn group_commit_of_many_lifecycles() {
         outputs: (state == SubtaskState::Completed).then(|| json!({ "ok": at })),
         error: None,
         updated_at: at,
+        usage: None,
     };
     let created = WriteBatch {
         agents: vec![agent("ag-1", AgentStatus::Busy)],
@@ -534,6 +536,7 @@ async fn group_commit_of_many_lifecycles() {
             started_at: Some(2),
             finished_at: Some(5),
             result: Some(json!({ "subtasks": SUBTASKS })),
+            context: Default::default(),
         })
         .collect();
     let rows = [&created, &dispatched, &finished]
@@ -623,17 +626,17 @@ async fn dependency_ids_of_schema_1_become_indices() {
     let version: i64 = raw(dir.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // Rows written before schema 3 have no context and no rules.
     let (task, subtasks) = store.task(&TaskId::from("t-1")).await.unwrap().unwrap();
     assert!(task.context.is_empty());
     assert!(subtasks.iter().all(|s| s.rules.is_none()));
 }
 
-/// An agent written before routing stats were stored (schema 3) opens with no stats, and
+/// An agent written before routing stats were stored (schema 4) opens with no stats, and
 /// keeps the ones it is written with from then on.
 #[tokio::test]
-async fn agents_of_schema_3_open_without_stats() {
+async fn agents_of_schema_4_open_without_stats() {
     let dir = TempDir::new().expect("temp dir");
     {
         let conn = raw(dir.path());
@@ -641,10 +644,11 @@ async fn agents_of_schema_3_open_without_stats() {
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_dependency_indices.sql"),
             include_str!("../migrations/sqlite/0003_workflows.sql"),
+            include_str!("../migrations/sqlite/0004_governance.sql"),
         ] {
             conn.execute_batch(sql).unwrap();
         }
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
         conn.execute_batch(
             "INSERT INTO agents (agent_id, name, kind, capabilities, domains, max_concurrency, \
                  status, token_hash, created_at) \

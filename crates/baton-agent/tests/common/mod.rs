@@ -469,6 +469,10 @@ async fn task(Path(id): Path<String>) -> Response {
         objectives: Vec::new(),
         constraints: Vec::new(),
         acceptance_criteria: Vec::new(),
+        verifications: Vec::new(),
+        escalations: Vec::new(),
+        usage: None,
+        budget: None,
     })
     .into_response()
 }

@@ -382,7 +382,7 @@ fn report(engine: &Handle, i: usize, a: &SimAgent, job: Job) -> ResultCall {
     Box::pin(async move {
         let answer = if job.success {
             engine
-                .complete(job.assignment_id, token, json!({"by": kind}))
+                .complete(job.assignment_id, token, json!({"by": kind}), None)
                 .await
         } else {
             engine

@@ -3,11 +3,24 @@
 
 use baton_core::workflow;
 use baton_core::{
-    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentState, Millis, SubtaskState,
+    Agent, AgentId, AgentStatus, Assignment, AssignmentId, AssignmentKind, AssignmentState, Millis,
+    SubtaskState,
 };
 use rand::Rng;
+use serde_json::Value;
 
 use super::{assignment_id, new_uuid, AgentRt, AsgRt, Engine, Poll};
+
+/// One assignment about to be handed out.
+pub(crate) struct Grant {
+    pub seq: i64,
+    pub idx: u32,
+    pub id: AssignmentId,
+    pub attempt: u32,
+    pub kind: AssignmentKind,
+    pub capability: String,
+    pub input: Value,
+}
 use crate::handle::{AgentInfo, AgentSpec, HeartbeatInfo, LeaseGrant, Registered, Reply};
 use crate::timers::Timer;
 use crate::{hash_token, Error};
@@ -75,11 +88,13 @@ impl Engine {
             return Ok(());
         };
         for key in keys {
-            let still_blocked = self
-                .sub(key.seq, key.idx)
-                .is_some_and(|s| s.sub.state == SubtaskState::Blocked);
-            if still_blocked {
-                self.make_ready(key.seq, key.idx, now)?;
+            match self.sub(key.seq, key.idx).map(|s| s.sub.state) {
+                Some(SubtaskState::Blocked) => self.make_ready(key.seq, key.idx, now)?,
+                // A verification that waited for an agent other than the author.
+                Some(SubtaskState::Verifying) => {
+                    self.enqueue_verification(key.seq, key.idx, now)?
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -219,17 +234,34 @@ impl Engine {
         }
         let mut renewed = false;
         for a in renew {
-            let Some((seq, idx)) = self.assignments.get(&a).map(|asg| (asg.seq, asg.idx)) else {
+            let Some((seq, idx, verification, acked)) = self.assignments.get(&a).map(|asg| {
+                (
+                    asg.seq,
+                    asg.idx,
+                    asg.a.kind == AssignmentKind::Verification,
+                    asg.acked,
+                )
+            }) else {
                 continue;
             };
-            let unacknowledged = self
-                .sub(seq, idx)
-                .is_some_and(|s| s.sub.state == SubtaskState::Assigned);
+            // A verification is acknowledged like work: once a call of its agent names it.
+            let unacknowledged = if verification {
+                !acked
+            } else {
+                self.sub(seq, idx)
+                    .is_some_and(|s| s.sub.state == SubtaskState::Assigned)
+            };
             if unacknowledged {
                 if !named {
                     continue;
                 }
-                self.mark_running(seq, idx, &id, now)?;
+                if verification {
+                    if let Some(asg) = self.assignments.get_mut(&a) {
+                        asg.acked = true;
+                    }
+                } else {
+                    self.mark_running(seq, idx, &id, now)?;
+                }
             }
             if let Some(asg) = self.assignments.get_mut(&a) {
                 asg.a.lease_expires_at = expires;
@@ -347,6 +379,9 @@ impl Engine {
 
     /// Route ready subtasks to parked agents, then answer every poll that got work.
     pub(crate) fn dispatch(&mut self, now: Millis) -> Result<(), Error> {
+        if !self.pinned.is_empty() {
+            self.dispatch_pinned(now)?;
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for cap in dirty {
             self.dispatch_capability(&cap, now)?;
@@ -384,60 +419,115 @@ impl Engine {
             let Some(&key) = self.ready.get(cap).and_then(|q| q.first()) else {
                 return Ok(());
             };
-            let state_ok = self
-                .sub(key.seq, key.idx)
-                .is_some_and(|s| s.sub.state == SubtaskState::Ready);
+            let (state_ok, verification, author) = match self.sub(key.seq, key.idx) {
+                Some(s) if s.sub.state == SubtaskState::Ready => (true, false, None),
+                // A verification waiting for its verifier.
+                Some(s) if s.sub.state == SubtaskState::Verifying && s.current.is_none() => {
+                    (true, true, s.sub.assigned_agent.clone())
+                }
+                _ => (false, false, None),
+            };
             if !state_ok {
                 // Cancelled or otherwise moved on since it was queued.
                 self.ready.get_mut(cap).map(|q| q.remove(&key));
                 continue;
             }
-            let Some(agent_id) = self.route(cap, key.seq, key.idx, now) else {
+            if self.tasks.get(&key.seq).is_some_and(|t| t.paused.is_some()) {
+                // Over its budget: held back until the escalation is resolved.
+                self.ready.get_mut(cap).map(|q| q.remove(&key));
+                if let Some(t) = self.tasks.get_mut(&key.seq) {
+                    t.held_back.push((cap.to_owned(), key));
+                }
+                continue;
+            }
+            let Some(agent_id) = self.route(cap, key.seq, key.idx, author.as_ref(), now) else {
                 return Ok(());
             };
             self.ready.get_mut(cap).map(|q| q.remove(&key));
-            self.assign(key.seq, key.idx, &agent_id, now)?;
+            if verification {
+                self.assign_verification(key.seq, key.idx, &agent_id, now)?;
+            } else {
+                self.assign(key.seq, key.idx, &agent_id, now)?;
+            }
         }
     }
 
     /// `ready → assigned` on `agent_id`: a new attempt with a fresh lease.
-    fn assign(&mut self, seq: i64, idx: u32, agent_id: &AgentId, now: Millis) -> Result<(), Error> {
-        let lease_ms = self.config.lease.as_millis() as i64;
+    pub(crate) fn assign(
+        &mut self,
+        seq: i64,
+        idx: u32,
+        agent_id: &AgentId,
+        now: Millis,
+    ) -> Result<(), Error> {
         let agent = Some(agent_id.clone());
         self.set_state(seq, idx, SubtaskState::Assigned, agent, None, now)?;
         let rt = self.tasks.get_mut(&seq).expect("set_state found it");
-        let timeout_ms = rt.subs[idx as usize].sub.timeout_ms(rt.task.timeout_ms) as i64;
-        let task_id = rt.task.task_id.clone();
-        let input = workflow::agent_input(&rt.task, &rt.subs, idx as usize);
+        let mut input = workflow::agent_input(&rt.task, &rt.subs, idx as usize);
         let s = &mut rt.subs[idx as usize];
+        // A new attempt after a negative verdict gets the verdict to act on.
+        if let (Some(v), Value::Object(m)) = (s.verdicts.last().filter(|v| !v.verified), &mut input)
+        {
+            m.insert(
+                "verification".into(),
+                serde_json::json!({"verified": false, "feedback": v.feedback, "evidence": v.evidence}),
+            );
+        }
         s.sub.attempts += 1;
         s.sub.assigned_agent = Some(agent_id.clone());
         s.tried.push(agent_id.clone());
         let attempt = s.sub.attempts;
         let capability = s.sub.capability.clone();
         let id = assignment_id(seq, idx, attempt);
+        self.write_subtask(seq, idx);
+        self.grant(
+            Grant {
+                seq,
+                idx,
+                id,
+                attempt,
+                kind: AssignmentKind::Work,
+                capability,
+                input,
+            },
+            agent_id,
+            now,
+        )
+    }
+
+    /// Hand `g` to `agent_id`'s parked poll: the assignment with a fresh lease and its timers.
+    pub(crate) fn grant(&mut self, g: Grant, agent_id: &AgentId, now: Millis) -> Result<(), Error> {
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let Some(rt) = self.tasks.get_mut(&g.seq) else {
+            return Err(self.missing(format!("task #{}", g.seq)));
+        };
+        let timeout_ms = rt.subs[g.idx as usize].sub.timeout_ms(rt.task.timeout_ms) as i64;
+        let task_id = rt.task.task_id.clone();
+        let s = &mut rt.subs[g.idx as usize];
+        let id = g.id;
         let assignment = Assignment {
             assignment_id: id.clone(),
             task_id,
             subtask_id: s.sub.subtask_id.clone(),
             agent_id: agent_id.clone(),
-            attempt,
+            attempt: g.attempt,
             state: AssignmentState::Active,
             lease_expires_at: now + lease_ms,
             created_at: now,
             finished_at: None,
+            kind: g.kind,
         };
         s.current = Some(id.clone());
         rt.assignments.push(id.clone());
-        self.write_subtask(seq, idx);
         self.assignments.insert(
             id.clone(),
             AsgRt {
                 a: assignment.clone(),
-                seq,
-                idx,
+                seq: g.seq,
+                idx: g.idx,
                 timeout_at: now + timeout_ms,
                 phase: None,
+                acked: false,
             },
         );
         self.write_assignment(&id);
@@ -455,8 +545,8 @@ impl Engine {
         let poll = rt.poll.as_mut().expect("checked above");
         poll.grants.push(LeaseGrant {
             assignment,
-            capability,
-            input,
+            capability: g.capability,
+            input: g.input,
         });
         let full = poll.grants.len() as u32 >= poll.max
             || rt.in_flight.len() as u32 >= rt.agent.max_concurrency;

@@ -4,6 +4,9 @@
 //! `results` (progress, complete, fail, lost leases, retries) and `recovery`.
 
 mod agents;
+mod governance;
+
+pub use governance::Resolve;
 mod recovery;
 mod results;
 mod routing;
@@ -18,8 +21,8 @@ use std::sync::Arc;
 
 use baton_core::breaker::Breaker;
 use baton_core::{
-    Agent, AgentId, Assignment, AssignmentId, Change, Event, IllegalTransition, Millis, Priority,
-    Subtask, SubtaskState, Task, TaskId,
+    Agent, AgentId, Assignment, AssignmentId, Change, Escalation, Event, IllegalTransition, Millis,
+    Priority, Subtask, SubtaskState, Task, TaskId, Verification,
 };
 use baton_store::{PlanReplacement, Store, SubtaskUpdate, TaskUpdate, WriteBatch};
 use rand::rngs::StdRng;
@@ -48,6 +51,16 @@ pub(crate) struct ReadyKey {
     idx: u32,
 }
 
+impl ReadyKey {
+    pub(crate) fn new(priority: Priority, seq: i64, idx: u32) -> ReadyKey {
+        ReadyKey {
+            priority: Reverse(priority),
+            seq,
+            idx,
+        }
+    }
+}
+
 pub(crate) struct TaskRt {
     pub task: Task,
     pub subs: Vec<SubRt>,
@@ -55,6 +68,12 @@ pub(crate) struct TaskRt {
     pub open: usize,
     /// Every assignment of this task held in memory, dropped with it on eviction.
     pub assignments: Vec<AssignmentId>,
+    /// Escalations of this task so far (numbers the next one's id).
+    pub escalations: u32,
+    /// The open budget escalation that stops new dispatch for this task.
+    pub paused: Option<String>,
+    /// Ready subtasks held back while paused: `(capability, key)`.
+    pub held_back: Vec<(String, ReadyKey)>,
 }
 
 impl TaskRt {
@@ -89,6 +108,11 @@ impl TaskRt {
                 waiting,
                 dependents,
                 current: None,
+                log: Vec::new(),
+                attempt_base: 0,
+                verdicts: Vec::new(),
+                verdict_base: 0,
+                escalation: None,
             })
             .collect();
         TaskRt {
@@ -96,6 +120,9 @@ impl TaskRt {
             subs,
             open,
             assignments: Vec::new(),
+            escalations: 0,
+            paused: None,
+            held_back: Vec::new(),
         }
     }
 }
@@ -116,6 +143,16 @@ pub(crate) struct SubRt {
     pub current: Option<AssignmentId>,
     /// Agents that ran earlier attempts.
     pub tried: Vec<AgentId>,
+    /// How each attempt ended (agent, outcome, error), the evidence of an escalation.
+    pub log: Vec<serde_json::Value>,
+    /// Attempts used before the last `retry` resolution: the attempt budget counts from here.
+    pub attempt_base: u32,
+    /// Every verdict on this subtask, in order.
+    pub verdicts: Vec<Verification>,
+    /// Verdicts before the last `retry` resolution: negative verdicts count from here.
+    pub verdict_base: usize,
+    /// Its open escalation.
+    pub escalation: Option<String>,
 }
 
 pub(crate) struct AsgRt {
@@ -124,6 +161,9 @@ pub(crate) struct AsgRt {
     pub idx: u32,
     pub timeout_at: Millis,
     pub phase: Option<baton_core::Phase>,
+    /// A verification assignment its agent has named (work is acknowledged through its
+    /// subtask's state).
+    pub acked: bool,
 }
 
 pub(crate) struct Poll {
@@ -159,6 +199,8 @@ struct Outbox {
     subtasks: HashSet<(i64, u32)>,
     assignments: HashSet<AssignmentId>,
     agents: HashSet<AgentId>,
+    verifications: Vec<Verification>,
+    escalations: Vec<Escalation>,
     events: Vec<Event>,
     replies: Vec<Deferred>,
 }
@@ -171,6 +213,8 @@ impl Outbox {
             && self.subtasks.is_empty()
             && self.assignments.is_empty()
             && self.agents.is_empty()
+            && self.verifications.is_empty()
+            && self.escalations.is_empty()
             && self.events.is_empty()
             && self.replies.is_empty()
     }
@@ -228,6 +272,10 @@ pub(crate) struct Engine {
     failed_flag: Arc<AtomicBool>,
     /// Bugs caught so far (illegal transitions), shared with every [`Handle`].
     internal_errors: Arc<AtomicU64>,
+    /// Open escalations, by id.
+    escalations: HashMap<String, Escalation>,
+    /// Subtasks routed by hand, waiting for their agent's next lease call.
+    pinned: std::collections::BTreeMap<AgentId, VecDeque<(i64, u32)>>,
 }
 
 /// A submission waiting for the store lookup of its task id.
@@ -307,6 +355,8 @@ impl Engine {
             committer: Some(committer),
             failed_flag: failed.clone(),
             internal_errors: internal_errors.clone(),
+            escalations: HashMap::new(),
+            pinned: Default::default(),
         };
         let now = clock.now();
         engine.recover(recovered, now);
@@ -437,8 +487,31 @@ impl Engine {
         }
         match cmd {
             Command::Submit(new, reply) => self.submit(new, reply, now),
-            Command::Execute(task_id, reply) => {
-                let result = self.execute(&task_id, now);
+            Command::Execute(task_id, gates, reply) => {
+                let result = self.execute(&task_id, gates, now);
+                self.reply(reply, result);
+            }
+            Command::Resolve(id, decision, reply) => {
+                let result = self.resolve(&id, decision, now);
+                self.reply(reply, result);
+            }
+            Command::DecideGates {
+                task_id,
+                subtask_ids,
+                approve,
+                note,
+                reply,
+            } => {
+                let result = self.decide_gates(&task_id, subtask_ids, approve, note, now);
+                self.reply(reply, result);
+            }
+            Command::AssignManually {
+                task_id,
+                subtask_id,
+                agent_id,
+                reply,
+            } => {
+                let result = self.assign_manually(&task_id, &subtask_id, &agent_id, now);
                 self.reply(reply, result);
             }
             Command::Cancel(task_id, reply) => {
@@ -515,9 +588,10 @@ impl Engine {
                 assignment_id,
                 token_hash,
                 outputs,
+                usage,
                 reply,
             } => {
-                let result = AttemptResult::Outputs(outputs);
+                let result = AttemptResult::Outputs(outputs, usage);
                 self.report(assignment_id, &token_hash, result, reply, now)
             }
             Command::Fail {
@@ -541,7 +615,7 @@ impl Engine {
                     .into_iter()
                     .map(|(id, r)| {
                         let r = match r {
-                            Ok(outputs) => AttemptResult::Outputs(outputs),
+                            Ok((outputs, usage)) => AttemptResult::Outputs(outputs, usage),
                             Err((error, retryable)) => AttemptResult::Failure { error, retryable },
                         };
                         (id, r)
@@ -565,7 +639,7 @@ impl Engine {
             Timer::HealthSweep => {
                 self.timers.at(now + HEALTH_SWEEP_MS, Timer::HealthSweep);
                 self.write_learned_stats(now, false);
-                self.health_sweep(now)
+                self.health_sweep(now).and_then(|()| self.budget_sweep(now))
             }
             Timer::CircuitCooled(agent_id) => {
                 self.circuit_cooled(agent_id, now);
@@ -658,6 +732,7 @@ impl Engine {
                     started_at: t.started_at,
                     finished_at: t.finished_at,
                     result: t.result.clone(),
+                    context: t.context.clone(),
                 });
             }
         }
@@ -674,6 +749,7 @@ impl Engine {
                     outputs: s.outputs.clone(),
                     error: s.error.clone(),
                     updated_at: s.updated_at,
+                    usage: s.usage,
                 });
             }
         }
@@ -687,6 +763,8 @@ impl Engine {
             .iter()
             .filter_map(|id| self.agents.get(id).map(|a| a.agent.clone()))
             .collect();
+        batch.verifications = std::mem::take(&mut outbox.verifications);
+        batch.escalations = std::mem::take(&mut outbox.escalations);
         batch.events = std::mem::take(&mut outbox.events);
         batch
     }
@@ -825,7 +903,10 @@ pub(crate) fn new_uuid(rng: &mut StdRng, now: Millis) -> String {
 fn refuse(cmd: Command, error: Error) {
     match cmd {
         Command::Submit(_, r) => drop(r.send(Err(error))),
-        Command::Execute(_, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::Execute(_, _, r) | Command::Cancel(_, r) => drop(r.send(Err(error))),
+        Command::Resolve(_, _, r) => drop(r.send(Err(error))),
+        Command::DecideGates { reply, .. } => drop(reply.send(Err(error))),
+        Command::AssignManually { reply, .. } => drop(reply.send(Err(error))),
         Command::ReplacePlan(_, _, r) => drop(r.send(Err(error))),
         Command::Register(_, r) => drop(r.send(Err(error))),
         Command::Drain(_, r) => drop(r.send(Err(error))),

@@ -20,6 +20,8 @@ impl Engine {
             tasks,
             subtasks,
             assignments,
+            verifications,
+            escalations,
             ..
         } = recovered;
         let (n_agents, n_tasks, n_assignments) = (agents.len(), tasks.len(), assignments.len());
@@ -40,6 +42,7 @@ impl Engine {
             self.task_ids.insert(task.task_id.clone(), seq);
             self.tasks.insert(seq, TaskRt::new(task, subtasks));
         }
+        self.recover_governance(verifications, escalations);
         let lease_ms = self.config.lease.as_millis() as i64;
         for mut a in assignments {
             let Some(&seq) = self.task_ids.get(&a.task_id) else {
@@ -71,6 +74,9 @@ impl Engine {
                     seq,
                     idx,
                     phase: None,
+                    // A verification's acknowledgement is not stored: after a restart its
+                    // agent names it again (as `held`, progress or its verdict), or it expires.
+                    acked: false,
                 },
             );
             if let Some(rt) = self.tasks.get_mut(&seq) {
@@ -115,6 +121,67 @@ impl Engine {
         );
     }
 
+    /// Verdicts, escalations and what they imply: negative verdicts counted since the last
+    /// retry, attempt budgets restarted by a retry, open escalations, budget pauses. (The
+    /// attempt log of an escalation's evidence starts again after a restart.)
+    fn recover_governance(
+        &mut self,
+        verifications: Vec<baton_core::Verification>,
+        escalations: Vec<baton_core::Escalation>,
+    ) {
+        let position = |engine: &Engine, task: &baton_core::TaskId, sub: &baton_core::SubtaskId| {
+            let seq = *engine.task_ids.get(task)?;
+            let idx = engine.tasks[&seq]
+                .subs
+                .iter()
+                .position(|s| &s.sub.subtask_id == sub)?;
+            Some((seq, idx as u32))
+        };
+        for v in verifications {
+            if let Some((seq, idx)) = position(self, &v.task_id, &v.subtask_id) {
+                if let Some(s) = self.sub_mut(seq, idx) {
+                    s.verdicts.push(v);
+                }
+            }
+        }
+        for e in escalations {
+            let Some(&seq) = self.task_ids.get(&e.task_id) else {
+                continue;
+            };
+            let at = e
+                .subtask_id
+                .as_ref()
+                .and_then(|sub| position(self, &e.task_id, sub));
+            if let Some(rt) = self.tasks.get_mut(&seq) {
+                rt.escalations += 1;
+                if e.status == baton_core::EscalationStatus::Open && at.is_none() {
+                    rt.paused = Some(e.escalation_id.clone());
+                }
+            }
+            if let Some((_, idx)) = at {
+                if let Some(s) = self.sub_mut(seq, idx) {
+                    match (&e.status, &e.resolution) {
+                        (baton_core::EscalationStatus::Open, _) => {
+                            s.escalation = Some(e.escalation_id.clone());
+                        }
+                        (_, Some(r)) if r.action == baton_core::ResolveAction::Retry => {
+                            s.attempt_base = r.attempts;
+                            s.verdict_base = s
+                                .verdicts
+                                .iter()
+                                .filter(|v| v.at <= e.resolved_at.unwrap_or(i64::MAX))
+                                .count();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if e.status == baton_core::EscalationStatus::Open {
+                self.escalations.insert(e.escalation_id.clone(), e);
+            }
+        }
+    }
+
     /// Put one live subtask back where it belongs.
     fn recover_subtask(&mut self, seq: i64, idx: u32, now: Millis) -> Result<(), Error> {
         let s = &self.tasks[&seq].subs[idx as usize];
@@ -136,6 +203,8 @@ impl Engine {
             }
             SubtaskState::RetryWait => self.timers.at(now, Timer::Retry(seq, idx)),
             SubtaskState::Pending if waiting == 0 => self.unblocked(seq, idx, now)?,
+            // Its work is done; the verification still has to be handed out.
+            SubtaskState::Verifying if !has_current => self.enqueue_verification(seq, idx, now)?,
             s if s.is_assigned() && !has_current => {
                 // Committed as assigned without a live assignment: treat the attempt as lost.
                 tracing::warn!(

@@ -2,9 +2,12 @@
 //! retries they lead to. Fencing lives here: only the subtask's current active assignment
 //! may change it; anything else gets 409 and changes nothing.
 
-use baton_core::{AgentId, AssignmentId, AssignmentState, Change, Millis, Phase, SubtaskState};
+use baton_core::{
+    AgentId, AssignmentId, AssignmentKind, AssignmentState, Change, EscalationKind, Millis, Phase,
+    SubtaskState, Usage,
+};
 use rand::Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::agents::Renew;
 use super::Engine;
@@ -95,11 +98,17 @@ impl Engine {
             return Settled::Stored(self.answer_from_store(id, agent_id.clone(), Some(result)));
         };
         if &asg.a.agent_id != agent_id {
+            let author = self
+                .sub(asg.seq, asg.idx)
+                .and_then(|s| s.sub.assigned_agent.as_ref());
+            if asg.a.kind == AssignmentKind::Verification && author == Some(agent_id) {
+                return Settled::Now(Err(self.refuse_self_attestation(&id, agent_id, now)));
+            }
             return Settled::Now(Err(not_yours(&id)));
         }
         let (seq, idx) = (asg.seq, asg.idx);
         match result {
-            AttemptResult::Outputs(outputs) if asg.a.state == AssignmentState::Completed => {
+            AttemptResult::Outputs(outputs, _) if asg.a.state == AssignmentState::Completed => {
                 // The same result again is acknowledged again; a different one is a conflict.
                 let same = self
                     .sub(seq, idx)
@@ -112,8 +121,8 @@ impl Engine {
                     )))
                 })
             }
-            AttemptResult::Outputs(outputs) => {
-                Settled::Now(self.accept_completion(&id, agent_id, seq, idx, outputs, now))
+            AttemptResult::Outputs(outputs, usage) => {
+                Settled::Now(self.accept_completion(&id, agent_id, seq, idx, outputs, usage, now))
             }
             AttemptResult::Failure { error, retryable } => {
                 Settled::Now(self.owned_active(&id, agent_id).and_then(|(seq, idx)| {
@@ -194,6 +203,7 @@ impl Engine {
         });
     }
 
+    #[allow(clippy::too_many_arguments)] // one result, taken apart by `settle`
     fn accept_completion(
         &mut self,
         id: &AssignmentId,
@@ -201,21 +211,39 @@ impl Engine {
         seq: i64,
         idx: u32,
         outputs: Value,
+        usage: Option<Usage>,
         now: Millis,
     ) -> Result<AssignmentInfo, Error> {
         self.owned_active(id, agent_id)?;
+        if self.assignments.get(id).map(|a| a.a.kind) == Some(AssignmentKind::Verification) {
+            let started = self.assignments.get(id).map_or(now, |a| a.a.created_at);
+            let info = self.verdict(id, agent_id, seq, idx, outputs, now)?;
+            self.record_outcome(id, agent_id, true, started, now);
+            return Ok(info);
+        }
         self.mark_running(seq, idx, agent_id, now)?;
+        let attempt = self.assignments.get(id).map_or(0, |a| a.a.attempt);
         if let Some(s) = self.sub_mut(seq, idx) {
             s.sub.outputs = Some(outputs);
             s.sub.error = None;
             s.current = None;
+            s.log.push(
+                json!({"attempt": attempt, "agent": agent_id, "outcome": "completed", "at": now}),
+            );
         }
-        let agent = Some(agent_id.clone());
-        self.set_state(seq, idx, SubtaskState::Completed, agent, None, now)?;
         let started = self.finish_assignment(id, AssignmentState::Completed, now)?;
         self.record_outcome(id, agent_id, true, started, now);
-        self.release_dependents(seq, idx, now)?;
-        self.after_terminal_subtask(seq, now)?;
+        let agent = Some(agent_id.clone());
+        if self.verifier_capability(seq, idx).is_some() {
+            // Checked by another agent before anything depends on it.
+            self.set_state(seq, idx, SubtaskState::Verifying, agent, None, now)?;
+            self.enqueue_verification(seq, idx, now)?;
+        } else {
+            self.set_state(seq, idx, SubtaskState::Completed, agent, None, now)?;
+            self.release_dependents(seq, idx, now)?;
+            self.after_terminal_subtask(seq, now)?;
+        }
+        self.add_usage(seq, idx, usage, now)?;
         Ok(self.assignment_info(id))
     }
 
@@ -263,6 +291,23 @@ impl Engine {
         };
         let (seq, idx, agent_id, attempt) =
             (asg.seq, asg.idx, asg.a.agent_id.clone(), asg.a.attempt);
+        if asg.a.kind == AssignmentKind::Verification {
+            // The verifier failed or vanished: the verification goes to another one; the
+            // work's attempts are not touched.
+            let state = match loss {
+                Loss::Failed { .. } => AssignmentState::Failed,
+                _ => AssignmentState::Lost,
+            };
+            let started = asg.a.created_at;
+            self.finish_verification(id, state, now)?;
+            self.record_outcome(id, &agent_id, false, started, now);
+            if state == AssignmentState::Lost {
+                if let Some(rt) = self.agents.get_mut(&agent_id) {
+                    rt.revoked.push(id.clone());
+                }
+            }
+            return self.enqueue_verification(seq, idx, now);
+        }
         let (state, retryable, note) = match loss {
             Loss::Failed { error, retryable } => (AssignmentState::Failed, retryable, error),
             Loss::LeaseExpired => {
@@ -291,9 +336,18 @@ impl Engine {
             }
         }
         tracing::warn!(assignment_id = %id, agent_id = %agent_id, attempt, reason = %note, "attempt ended without a result");
+        let outcome = match state {
+            AssignmentState::Failed => "failed",
+            _ => "lost",
+        };
+        let mut base = 0;
         if let Some(s) = self.sub_mut(seq, idx) {
             s.current = None;
             s.sub.error = Some(note.clone());
+            s.log.push(json!({
+                "attempt": attempt, "agent": agent_id, "outcome": outcome, "error": note, "at": now,
+            }));
+            base = s.attempt_base;
         }
         let max_attempts = self.tasks.get(&seq).map_or(1, |rt| {
             rt.subs[idx as usize].sub.max_attempts(rt.task.max_attempts)
@@ -303,27 +357,19 @@ impl Engine {
             ..self.config.retry
         };
         let agent = Some(agent_id);
-        if retry.may_retry(attempt, retryable) {
+        if retry.may_retry(attempt.saturating_sub(base), retryable) {
             let jitter = self.rng.gen::<f64>();
             let wait = retry.backoff_ms(attempt, jitter) as i64;
             let note = Some(format!("{note}; retry in {wait} ms"));
             self.set_state(seq, idx, SubtaskState::RetryWait, agent, note, now)?;
             self.timers.at(now + wait, Timer::Retry(seq, idx));
         } else {
-            let why = format!("attempt {attempt} failed: {note}");
-            self.set_state(
-                seq,
-                idx,
-                SubtaskState::Failed,
-                agent,
-                Some(why.clone()),
-                now,
-            )?;
-            let subtask_id = self
-                .sub(seq, idx)
-                .map(|s| s.sub.subtask_id.to_string())
-                .unwrap_or_default();
-            self.fail_task(seq, format!("subtask {subtask_id} failed: {why}"), now)?;
+            let why = if retryable {
+                format!("attempt {attempt} failed: {note}; no attempts left")
+            } else {
+                format!("attempt {attempt} failed: {note}; not retryable")
+            };
+            self.exhausted(seq, idx, EscalationKind::Attempts, why, agent, now)?;
         }
         Ok(())
     }
@@ -449,7 +495,7 @@ impl Engine {
                 lease_expires_at: None,
             };
             match (asg.state, result) {
-                (AssignmentState::Completed, Some(AttemptResult::Outputs(outputs))) => {
+                (AssignmentState::Completed, Some(AttemptResult::Outputs(outputs, _))) => {
                     let accepted = store
                         .task(&asg.task_id)
                         .await
@@ -474,7 +520,7 @@ impl Engine {
 
 /// What an agent reports for one attempt.
 pub(crate) enum AttemptResult {
-    Outputs(Value),
+    Outputs(Value, Option<Usage>),
     Failure { error: String, retryable: bool },
 }
 

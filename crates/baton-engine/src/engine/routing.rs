@@ -13,7 +13,7 @@
 
 use baton_core::breaker::CircuitState;
 use baton_core::routing::{self, Candidate, CapabilityStats, Pick, RoutingMode};
-use baton_core::{AgentId, AssignmentId, Millis};
+use baton_core::{AgentId, AssignmentId, AssignmentKind, Millis};
 use rand::Rng;
 
 use super::{AgentRt, Engine};
@@ -36,8 +36,16 @@ impl AgentRt {
 }
 
 impl Engine {
-    /// The parked agent a subtask of `cap` goes to, by the configured rule, if any can take it.
-    pub(crate) fn route(&mut self, cap: &str, seq: i64, idx: u32, now: Millis) -> Option<AgentId> {
+    /// The parked agent a subtask of `cap` goes to, by the configured rule, if any can take it;
+    /// never `exclude` (the author of the output a verification checks).
+    pub(crate) fn route(
+        &mut self,
+        cap: &str,
+        seq: i64,
+        idx: u32,
+        exclude: Option<&AgentId>,
+        now: Millis,
+    ) -> Option<AgentId> {
         let parked = self.parked.get(cap)?;
         // Only a first attempt explores: a retry has already cost its task one attempt and
         // goes to the best agent that has not tried it.
@@ -55,6 +63,7 @@ impl Engine {
         let mut stale = Vec::new();
         let candidates: Vec<Candidate<'_>> = parked
             .iter()
+            .filter(|id| Some(*id) != exclude)
             .filter_map(|id| {
                 let a = self.agents.get(id)?;
                 let poll = a.poll.as_ref()?;
@@ -124,15 +133,21 @@ impl Engine {
         now: Millis,
     ) {
         let policy = self.config.breaker();
-        let Some((seq, idx)) = self.assignments.get(id).map(|a| (a.seq, a.idx)) else {
+        let Some((seq, idx, kind)) = self.assignments.get(id).map(|a| (a.seq, a.idx, a.a.kind))
+        else {
             return;
         };
-        let Some(cap) = self
-            .tasks
-            .get(&seq)
-            .and_then(|rt| rt.subs.get(idx as usize))
-            .map(|s| s.sub.capability.as_str())
-        else {
+        // A verification ran under the verifier's capability, not the work's.
+        let verifier = match kind {
+            AssignmentKind::Verification => self.verifier_capability(seq, idx),
+            AssignmentKind::Work => None,
+        };
+        let Some(cap) = verifier.as_deref().or_else(|| {
+            self.tasks
+                .get(&seq)
+                .and_then(|rt| rt.subs.get(idx as usize))
+                .map(|s| s.sub.capability.as_str())
+        }) else {
             return;
         };
         let Some(rt) = self.agents.get_mut(agent_id) else {

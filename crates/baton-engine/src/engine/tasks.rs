@@ -10,7 +10,7 @@ use baton_core::{
 use serde_json::json;
 
 use super::{new_uuid, Engine, Internal, StoredTask, TaskRt};
-use crate::handle::{Reply, Submitted, TaskSnapshot};
+use crate::handle::{Gates, Reply, Submitted, TaskSnapshot};
 use crate::intake::NewTask;
 use crate::Error;
 
@@ -143,13 +143,36 @@ impl Engine {
         self.reply(reply, result);
     }
 
-    pub(crate) fn execute(&mut self, task_id: &TaskId, now: Millis) -> Result<TaskStatus, Error> {
+    pub(crate) fn execute(
+        &mut self,
+        task_id: &TaskId,
+        gates: Gates,
+        now: Millis,
+    ) -> Result<TaskStatus, Error> {
         let Some(&seq) = self.task_ids.get(task_id) else {
             return Err(not_found(task_id));
         };
         let status = self.tasks[&seq].task.status;
         match status {
             TaskStatus::Planned => {
+                let rt = &self.tasks[&seq];
+                let mut checkpoints = Vec::with_capacity(gates.checkpoints.len());
+                for id in &gates.checkpoints {
+                    match rt.subs.iter().position(|s| &s.sub.subtask_id == id) {
+                        Some(i) => checkpoints.push(i as u32),
+                        None => {
+                            return Err(Error::Invalid(format!(
+                                "checkpoints: task {:?} has no subtask {:?}",
+                                task_id.as_str(),
+                                id.as_str()
+                            )))
+                        }
+                    }
+                }
+                if let Some(rt) = self.tasks.get_mut(&seq) {
+                    rt.task.context.manual |= gates.manual;
+                    rt.task.context.checkpoints.extend(checkpoints);
+                }
                 self.start_task(seq, now)?;
                 Ok(self.tasks[&seq].task.status)
             }
@@ -199,7 +222,13 @@ impl Engine {
                     .map(|when| format!("condition is false: {when}"))
             };
             let Some(why) = skip else {
-                self.make_ready(seq, idx, now)?;
+                if self.gated(seq, idx) {
+                    let note = Some("waiting for approval".to_owned());
+                    self.set_state(seq, idx, SubtaskState::AwaitingApproval, None, note, now)?;
+                    self.refresh_side_status(seq, now)?;
+                } else {
+                    self.make_ready(seq, idx, now)?;
+                }
                 continue;
             };
             self.set_state(seq, idx, SubtaskState::Skipped, None, Some(why), now)?;
@@ -336,6 +365,7 @@ impl Engine {
             )));
         }
         self.close_open_subtasks(seq, "task cancelled", now)?;
+        self.close_escalations(seq, "task cancelled", now);
         self.set_task_status(seq, TaskStatus::Cancelled, None, now)?;
         self.aggregate(seq);
         Ok(TaskStatus::Cancelled)
@@ -388,6 +418,7 @@ impl Engine {
             return Ok(());
         }
         self.close_open_subtasks(seq, "task failed", now)?;
+        self.close_escalations(seq, "task failed", now);
         self.set_task_status(seq, TaskStatus::Failed, Some(why), now)?;
         self.aggregate(seq);
         Ok(())

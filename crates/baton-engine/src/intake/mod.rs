@@ -17,7 +17,10 @@ pub mod planning;
 use baton_api as api;
 use baton_core::ids::check_name;
 use baton_core::plan::Plan;
-use baton_core::{AssignmentId, Millis, Phase, Priority, TaskContext, TaskId};
+use baton_core::{
+    AgentId, AssignmentId, Budget, ExhaustedPolicy, Millis, Phase, Priority, ResolveAction,
+    SubtaskId, TaskContext, TaskId, Usage,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -27,7 +30,7 @@ use time::macros::format_description;
 pub use json::{Issues, Rejection};
 pub use planning::{Catalog, Published};
 
-use crate::handle::{AgentSpec, AttemptOutcome};
+use crate::handle::{AgentSpec, AttemptOutcome, Gates, Resolve};
 
 const MAX_TITLE: usize = 500;
 const MAX_DESCRIPTION: usize = 20_000;
@@ -114,7 +117,11 @@ pub fn submission(
         payload: _,
         plan,
         params,
+        budget: limits,
+        on_exhausted,
     } = req;
+    let on_exhausted = policy(issues, "on_exhausted", on_exhausted);
+    let limits = limits.and_then(|b| budget(issues, b));
     let common = common_fields(issues, task_id, &title, priority, &metadata);
     text(issues, "description", &description, MAX_DESCRIPTION);
     if let Some(t) = &task_type {
@@ -154,6 +161,8 @@ pub fn submission(
         plan,
         context: TaskContext {
             metadata,
+            on_exhausted,
+            budget: limits,
             ..context
         },
         execute,
@@ -287,17 +296,118 @@ pub fn batch(
 }
 
 /// `POST /execute/{task_id}`.
-pub fn execute(req: api::ExecuteRequest, issues: &mut Issues) -> Option<()> {
-    if req.execution_mode.is_some_and(|m| m != "auto") {
+pub fn execute(req: api::ExecuteRequest, issues: &mut Issues) -> Option<Gates> {
+    let manual = match req.execution_mode.as_deref() {
+        None | Some("auto") => false,
+        Some("manual") => true,
+        Some(_) => {
+            issues.add("execution_mode", "must be auto or manual");
+            false
+        }
+    };
+    let checkpoints = req.checkpoints.unwrap_or_default();
+    for (i, id) in checkpoints.iter().enumerate() {
+        name(issues, &format!("checkpoints[{i}]"), id, false);
+    }
+    issues.is_empty().then(|| Gates {
+        manual,
+        checkpoints: checkpoints.into_iter().map(SubtaskId).collect(),
+    })
+}
+
+/// `POST /tasks/{id}/approve` and `/reject` (`reject` needs a note: why).
+pub fn gate_decision(
+    req: api::GateDecision,
+    reject: bool,
+    issues: &mut Issues,
+) -> Option<(Option<Vec<SubtaskId>>, Option<String>)> {
+    if let Some(ids) = &req.subtask_ids {
+        if ids.is_empty() {
+            issues.add(
+                "subtask_ids",
+                "name at least one subtask, or leave it out for all",
+            );
+        }
+        for (i, id) in ids.iter().enumerate() {
+            name(issues, &format!("subtask_ids[{i}]"), id, false);
+        }
+    }
+    match &req.note {
+        Some(n) if n.chars().count() > MAX_MESSAGE => {
+            issues.add("note", format!("must be at most {MAX_MESSAGE} characters"));
+        }
+        None if reject => issues.add("note", "say why the step is rejected"),
+        _ => {}
+    }
+    let ids = req
+        .subtask_ids
+        .map(|ids| ids.into_iter().map(SubtaskId).collect());
+    issues.is_empty().then_some((ids, req.note))
+}
+
+/// `POST /tasks/{id}/subtasks/{sid}/assign`.
+pub fn manual_assign(req: api::ManualAssign, issues: &mut Issues) -> Option<AgentId> {
+    name(issues, "agent_id", &req.agent_id, false);
+    issues.is_empty().then_some(AgentId(req.agent_id))
+}
+
+/// `POST /escalations/{id}/resolve`.
+pub fn resolution(req: api::ResolveRequest, issues: &mut Issues) -> Option<Resolve> {
+    let action = ResolveAction::parse(&req.action);
+    if action.is_none() {
         issues.add(
-            "execution_mode",
-            "only \"auto\" is supported (manual approval comes with governance)",
+            "action",
+            "must be retry, skip, fail, provide_output, raise_budget or cancel",
         );
     }
-    if req.checkpoints.is_some() {
-        issues.add("checkpoints", "checkpoints are not supported yet");
+    if action == Some(ResolveAction::ProvideOutput)
+        && req.outputs.as_ref().is_none_or(Value::is_null)
+    {
+        issues.add("outputs", "provide_output needs the outputs");
     }
-    issues.is_empty().then_some(())
+    if action == Some(ResolveAction::RaiseBudget) && req.budget.is_none() {
+        issues.add("budget", "raise_budget needs the new budget");
+    }
+    if let Some(n) = &req.note {
+        if n.chars().count() > MAX_MESSAGE {
+            issues.add("note", format!("must be at most {MAX_MESSAGE} characters"));
+        }
+    }
+    let budget = req.budget.and_then(|b| budget(issues, b));
+    let action = action?;
+    issues.is_empty().then_some(Resolve {
+        action,
+        outputs: req.outputs,
+        note: req.note,
+        budget,
+    })
+}
+
+/// A budget: a cost limit that is a finite, non-negative number.
+fn budget(issues: &mut Issues, b: api::Budget) -> Option<Budget> {
+    if b.max_cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
+        issues.add("budget.max_cost_usd", "must be a non-negative number");
+        return None;
+    }
+    Some(Budget {
+        max_tokens: b.max_tokens,
+        max_cost_usd: b.max_cost_usd,
+        max_duration_s: b.max_duration_s,
+    })
+}
+
+/// `escalate` or `fail`.
+pub(crate) fn policy(
+    issues: &mut Issues,
+    field: &str,
+    value: Option<String>,
+) -> Option<ExhaustedPolicy> {
+    let v = value?;
+    let parsed = ExhaustedPolicy::parse(&v);
+    if parsed.is_none() {
+        issues.add(field, "must be escalate or fail");
+    }
+    parsed
 }
 
 /// `POST /agents`.
@@ -378,13 +488,28 @@ pub fn progress(req: api::ProgressRequest, issues: &mut Issues) -> Option<(Phase
     issues.is_empty().then_some((phase, req.message))
 }
 
-/// `POST /assignments/{id}/complete`: the outputs.
-pub fn complete(req: api::CompleteRequest, issues: &mut Issues) -> Option<Value> {
+/// `POST /assignments/{id}/complete`: the outputs and what the attempt used.
+pub fn complete(req: api::CompleteRequest, issues: &mut Issues) -> Option<(Value, Option<Usage>)> {
+    let usage = req.usage.and_then(|u| usage(issues, "usage", u));
     if req.outputs.is_null() {
         issues.add("outputs", "required (null is no output)");
         return None;
     }
-    Some(req.outputs)
+    issues.is_empty().then_some((req.outputs, usage))
+}
+
+/// Reported usage: a cost that is a finite, non-negative number.
+fn usage(issues: &mut Issues, field: &str, u: api::Usage) -> Option<Usage> {
+    let cost = u.cost_usd.unwrap_or(0.0);
+    if !cost.is_finite() || cost < 0.0 {
+        issues.add(format!("{field}.cost_usd"), "must be a non-negative number");
+        return None;
+    }
+    Some(Usage {
+        tokens_in: u.tokens_in.unwrap_or(0),
+        tokens_out: u.tokens_out.unwrap_or(0),
+        cost_usd: cost,
+    })
 }
 
 /// `POST /assignments/{id}/fail`: the error and whether it is retryable.
@@ -416,8 +541,9 @@ pub fn results(req: api::ResultsRequest, issues: &mut Issues) -> Option<Results>
             &item.assignment_id,
             MAX_ASSIGNMENT_ID,
         );
+        let usage = item.usage.and_then(|u| usage(issues, &at("usage"), u));
         let outcome = match (item.outputs.filter(|o| !o.is_null()), item.error) {
-            (Some(outputs), None) if item.retryable.is_none() => Ok(outputs),
+            (Some(outputs), None) if item.retryable.is_none() => Ok((outputs, usage)),
             (None, Some(error)) => {
                 text(issues, &at("error"), &error, MAX_ERROR);
                 Err((error, item.retryable.unwrap_or(true)))

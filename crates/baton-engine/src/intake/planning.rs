@@ -126,6 +126,8 @@ pub fn steps(list: Vec<api::ClientStep>, at: &str, issues: &mut Issues) -> Vec<P
                 );
             }
         }
+        let on_exhausted =
+            super::policy(issues, &format!("{here}.on_exhausted"), step.on_exhausted);
         let rules = StepRules {
             when: step.when,
             // `false` means no verification / no gate: stored as absent.
@@ -133,6 +135,7 @@ pub fn steps(list: Vec<api::ClientStep>, at: &str, issues: &mut Issues) -> Vec<P
             approval: step.approval.filter(|v| v != &Value::Bool(false)),
             timeout_ms: step.timeout_s.map(|s| s.saturating_mul(1000)),
             max_attempts: step.max_attempts,
+            on_exhausted,
         };
         out.push(PlanStep {
             key: step.id,

@@ -217,7 +217,7 @@ impl Scenario {
     ) -> Result<AssignmentInfo, Error> {
         let id = grant.assignment.assignment_id.clone();
         self.engine
-            .complete(id, agent.token_hash.clone(), outputs)
+            .complete(id, agent.token_hash.clone(), outputs, None)
             .await
     }
 
@@ -235,6 +235,26 @@ impl Scenario {
 
     pub async fn agents(&self) -> Vec<AgentInfo> {
         self.engine.agents().await.expect("agents")
+    }
+
+    /// The task's committed escalations, oldest first.
+    pub async fn escalations(&self, task: &str) -> Vec<baton_core::Escalation> {
+        self.store
+            .task_detail(&TaskId::from(task))
+            .await
+            .unwrap()
+            .expect("task stored")
+            .escalations
+    }
+
+    /// The task's committed verdicts.
+    pub async fn verifications(&self, task: &str) -> Vec<baton_core::Verification> {
+        self.store
+            .task_detail(&TaskId::from(task))
+            .await
+            .unwrap()
+            .expect("task stored")
+            .verifications
     }
 
     /// The task's committed status.

@@ -46,10 +46,10 @@ async fn complete(
     BearerHash(token_hash): BearerHash,
     body: RawBody,
 ) -> Result<Json<api::AssignmentReply>, ApiError> {
-    let outputs = intake::accept(&body.0, intake::complete)?;
+    let (outputs, usage) = intake::accept(&body.0, intake::complete)?;
     let info = state
         .engine
-        .complete(AssignmentId(id), token_hash, outputs)
+        .complete(AssignmentId(id), token_hash, outputs, usage)
         .await?;
     Ok(reply(info))
 }

@@ -2,6 +2,7 @@
 
 mod agents;
 mod assignments;
+mod escalations;
 mod tasks;
 mod workflows;
 
@@ -20,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(assignments::router())
         .merge(workflows::router())
+        .merge(escalations::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -28,6 +28,12 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/{task_id}", get(detail))
         .route("/tasks/{task_id}/cancel", put(cancel))
         .route("/tasks/{task_id}/plan", put(replace_plan))
+        .route("/tasks/{task_id}/approve", post(approve))
+        .route("/tasks/{task_id}/reject", post(reject))
+        .route(
+            "/tasks/{task_id}/subtasks/{subtask_id}/assign",
+            post(assign_manually),
+        )
         .route("/plan", post(preview))
         .route("/execute/{task_id}", post(execute))
 }
@@ -114,12 +120,12 @@ async fn execute(
     PathId(task_id): PathId,
     body: RawBody,
 ) -> Result<Json<api::TaskStatusReply>, ApiError> {
-    intake::accept(&body.0, intake::execute)?;
+    let gates = intake::accept(&body.0, intake::execute)?;
     let task_id = TaskId(task_id);
     let status = or_finished(
         &state,
         &task_id,
-        state.engine.execute(task_id.clone()).await,
+        state.engine.execute(task_id.clone(), gates).await,
     )
     .await?;
     Ok(Json(api::TaskStatusReply {
@@ -146,6 +152,70 @@ async fn replace_plan(
     let replaced = state.engine.replace_plan(task_id.clone(), plan).await;
     let snapshot = or_finished(&state, &task_id, replaced).await?;
     Ok(Json(convert::planned(&snapshot)))
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+    body: RawBody,
+) -> Result<Json<api::GateReply>, ApiError> {
+    decide(state, task_id, body, true).await
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    PathId(task_id): PathId,
+    body: RawBody,
+) -> Result<Json<api::GateReply>, ApiError> {
+    decide(state, task_id, body, false).await
+}
+
+/// Approve or reject gated subtasks; the answer names them and the task's status after.
+async fn decide(
+    state: AppState,
+    task_id: String,
+    body: RawBody,
+    approve: bool,
+) -> Result<Json<api::GateReply>, ApiError> {
+    let (ids, note) = intake::accept(&body.0, |r, i| intake::gate_decision(r, !approve, i))?;
+    let task_id = TaskId(task_id);
+    let decided = state
+        .engine
+        .decide_gates(task_id.clone(), ids, approve, note)
+        .await;
+    let decided = or_finished(&state, &task_id, decided).await?;
+    let status = match state.store.task(&task_id).await? {
+        Some((task, _)) => task.status.to_string(),
+        None => String::new(),
+    };
+    Ok(Json(api::GateReply {
+        task_id: task_id.to_string(),
+        status,
+        subtask_ids: decided.into_iter().map(|s| s.to_string()).collect(),
+    }))
+}
+
+/// `POST /tasks/{id}/subtasks/{sid}/assign`: manual routing of a ready or blocked subtask.
+async fn assign_manually(
+    State(state): State<AppState>,
+    axum::extract::Path((task_id, subtask_id)): axum::extract::Path<(String, String)>,
+    body: RawBody,
+) -> Result<Json<api::TaskStatusReply>, ApiError> {
+    let agent_id = intake::accept(&body.0, intake::manual_assign)?;
+    let task_id = TaskId(task_id);
+    let assigned = state
+        .engine
+        .assign_manually(task_id.clone(), baton_core::SubtaskId(subtask_id), agent_id)
+        .await;
+    or_finished(&state, &task_id, assigned).await?;
+    let status = match state.store.task(&task_id).await? {
+        Some((task, _)) => task.status.to_string(),
+        None => String::new(),
+    };
+    Ok(Json(api::TaskStatusReply {
+        task_id: task_id.to_string(),
+        status,
+    }))
 }
 
 /// `POST /plan`: the plan a submission of this body would get, without creating anything.
@@ -235,12 +305,7 @@ async fn detail(
             task_id.as_str()
         )));
     };
-    Ok(Json(convert::detail(
-        d.task,
-        d.subtasks,
-        d.events,
-        now_ms(),
-    )))
+    Ok(Json(convert::detail(d, now_ms())))
 }
 
 async fn list(

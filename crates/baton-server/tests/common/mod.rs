@@ -508,7 +508,14 @@ impl HandAgent {
         outputs: Value,
     ) -> Result<AssignmentReply, baton_agent::Error> {
         self.client
-            .complete(assignment_id, &self.token, &CompleteRequest { outputs })
+            .complete(
+                assignment_id,
+                &self.token,
+                &CompleteRequest {
+                    outputs,
+                    usage: None,
+                },
+            )
             .await
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Invariants:
 //! - Rows are written in the order [`WriteBatch`] documents (agents, new tasks, new subtasks,
-//!   plan replacements, task updates, subtask updates, assignments, events), each kind in list order, so a later
+//!   plan replacements, task updates, subtask updates, assignments, verifications, escalations,
+//!   events), each kind in list order, so a later
 //!   write of the same row wins.
 //! - Any failed statement returns early and drops the transaction, which rolls the whole batch
 //!   back.
@@ -13,7 +14,7 @@
 
 use super::timeline;
 use crate::{Error, PlanReplacement, Result, SubtaskUpdate, TaskUpdate, WriteBatch};
-use baton_core::{Agent, AgentId, Assignment, Event, Subtask, Task};
+use baton_core::{Agent, AgentId, Assignment, Escalation, Event, Subtask, Task, Verification};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, ToSql, TransactionBehavior};
 use serde_json::Value;
@@ -32,25 +33,37 @@ const INSERT_TASK: &str = "INSERT INTO tasks (seq, task_id, title, description, 
          finished_at, result, context) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 const INSERT_SUBTASK: &str = "INSERT INTO subtasks (task_id, idx, subtask_id, key, capability, \
-         depends_on, input, state, attempts, assigned_agent, outputs, error, updated_at, rules) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+         depends_on, input, state, attempts, assigned_agent, outputs, error, updated_at, rules, \
+         usage) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 const DELETE_SUBTASKS: &str = "DELETE FROM subtasks WHERE task_id = ?1";
 const UPDATE_CONTEXT: &str = "UPDATE tasks SET context = ?2 WHERE task_id = ?1";
 pub(super) const UPDATE_TASK: &str = "UPDATE tasks \
-     SET status = ?2, started_at = ?3, finished_at = ?4, result = ?5 \
+     SET status = ?2, started_at = ?3, finished_at = ?4, result = ?5, context = ?6 \
      WHERE task_id = ?1";
 pub(super) const UPDATE_SUBTASK: &str = "UPDATE subtasks \
      SET state = ?4, attempts = ?5, assigned_agent = ?6, outputs = ?7, error = ?8, \
-         updated_at = ?9 \
+         updated_at = ?9, usage = ?10 \
      WHERE task_id = ?1 AND idx = ?2 AND subtask_id = ?3";
 const UPSERT_ASSIGNMENT: &str = "INSERT INTO assignments (assignment_id, task_id, subtask_id, \
-         agent_id, attempt, state, lease_expires_at, created_at, finished_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         agent_id, attempt, state, lease_expires_at, created_at, finished_at, kind) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
      ON CONFLICT (assignment_id) DO UPDATE SET task_id = excluded.task_id, \
          subtask_id = excluded.subtask_id, agent_id = excluded.agent_id, \
          attempt = excluded.attempt, state = excluded.state, \
          lease_expires_at = excluded.lease_expires_at, created_at = excluded.created_at, \
-         finished_at = excluded.finished_at";
+         finished_at = excluded.finished_at, kind = excluded.kind";
+const INSERT_VERIFICATION: &str = "INSERT INTO verifications (task_id, subtask_id, n, attempt, \
+         author, verifier, verified, evidence, feedback, at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const UPSERT_ESCALATION: &str = "INSERT INTO escalations (escalation_id, task_id, subtask_id, \
+         kind, status, reason, evidence, suggestions, created_at, resolved_at, resolution) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (escalation_id) DO UPDATE SET task_id = excluded.task_id, \
+         subtask_id = excluded.subtask_id, kind = excluded.kind, status = excluded.status, \
+         reason = excluded.reason, evidence = excluded.evidence, \
+         suggestions = excluded.suggestions, created_at = excluded.created_at, \
+         resolved_at = excluded.resolved_at, resolution = excluded.resolution";
 // Two statements, not `UPDATE … RETURNING`, which collects its rows in a temporary table.
 const BUMP_COMMIT_NO: &str = "UPDATE event_commits SET last = last + 1 WHERE id = 1";
 const READ_COMMIT_NO: &str = "SELECT last FROM event_commits WHERE id = 1";
@@ -58,7 +71,7 @@ const INSERT_EVENTS: &str = "INSERT INTO events (task_id, commit_no, items) VALU
 
 /// Every statement a commit runs.
 #[cfg(test)]
-const STATEMENTS: [&str; 11] = [
+const STATEMENTS: [&str; 13] = [
     UPSERT_AGENT,
     INSERT_TASK,
     INSERT_SUBTASK,
@@ -67,6 +80,8 @@ const STATEMENTS: [&str; 11] = [
     UPDATE_TASK,
     UPDATE_SUBTASK,
     UPSERT_ASSIGNMENT,
+    INSERT_VERIFICATION,
+    UPSERT_ESCALATION,
     BUMP_COMMIT_NO,
     READ_COMMIT_NO,
     INSERT_EVENTS,
@@ -86,6 +101,8 @@ pub(super) fn apply(conn: &mut Connection, batch: &WriteBatch) -> Result<()> {
     update_tasks(&tx, &batch.task_updates)?;
     update_subtasks(&tx, &batch.subtask_updates)?;
     upsert_assignments(&tx, &batch.assignments)?;
+    insert_verifications(&tx, &batch.verifications)?;
+    upsert_escalations(&tx, &batch.escalations)?;
     append_events(&tx, &batch.events)?;
     tx.commit()?;
     Ok(())
@@ -162,10 +179,8 @@ fn insert_subtasks(tx: &Connection, subtasks: &[Subtask]) -> Result<()> {
             Json(s.outputs.as_ref()),
             s.error,
             s.updated_at,
-            match &s.rules {
-                Some(rules) => Some(to_json(rules)?),
-                None => None,
-            },
+            optional_json(&s.rules, s.rules.is_none())?,
+            optional_json(&s.usage, s.usage.is_none())?,
         ])
         .map_err(|e| Error::backend(format!("inserting subtask {}", s.subtask_id), e))?;
     }
@@ -204,6 +219,7 @@ fn update_tasks(tx: &Connection, updates: &[TaskUpdate]) -> Result<()> {
             started_at,
             finished_at,
             result,
+            context,
         } = u;
         let changed = stmt.execute(params![
             task_id.as_str(),
@@ -211,6 +227,7 @@ fn update_tasks(tx: &Connection, updates: &[TaskUpdate]) -> Result<()> {
             started_at,
             finished_at,
             Json(result.as_ref()),
+            optional_json(context, context.is_empty())?,
         ])?;
         if changed != 1 {
             return Err(Error::backend_msg(format!(
@@ -239,6 +256,7 @@ fn update_subtasks(tx: &Connection, updates: &[SubtaskUpdate]) -> Result<()> {
             outputs,
             error,
             updated_at,
+            usage,
         } = u;
         let changed = stmt.execute(params![
             task_id.as_str(),
@@ -250,6 +268,7 @@ fn update_subtasks(tx: &Connection, updates: &[SubtaskUpdate]) -> Result<()> {
             Json(outputs.as_ref()),
             error,
             updated_at,
+            optional_json(usage, usage.is_none())?,
         ])?;
         if changed != 1 {
             return Err(Error::backend_msg(format!(
@@ -276,6 +295,53 @@ fn upsert_assignments(tx: &Connection, assignments: &[Assignment]) -> Result<()>
             a.lease_expires_at,
             a.created_at,
             a.finished_at,
+            a.kind.as_str(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn insert_verifications(tx: &Connection, verifications: &[Verification]) -> Result<()> {
+    if verifications.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(INSERT_VERIFICATION)?;
+    for v in verifications {
+        stmt.execute(params![
+            v.task_id.as_str(),
+            v.subtask_id.as_str(),
+            v.n,
+            v.attempt,
+            v.author.as_str(),
+            v.verifier.as_str(),
+            v.verified,
+            Json(Some(&v.evidence)),
+            v.feedback,
+            v.at,
+        ])
+        .map_err(|e| Error::backend(format!("inserting verdict {} of {}", v.n, v.subtask_id), e))?;
+    }
+    Ok(())
+}
+
+fn upsert_escalations(tx: &Connection, escalations: &[Escalation]) -> Result<()> {
+    if escalations.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(UPSERT_ESCALATION)?;
+    for e in escalations {
+        stmt.execute(params![
+            e.escalation_id,
+            e.task_id.as_str(),
+            e.subtask_id.as_ref().map(|s| s.as_str()),
+            e.kind.as_str(),
+            e.status.as_str(),
+            e.reason,
+            Json(Some(&e.evidence)),
+            to_json(&e.suggestions)?,
+            e.created_at,
+            e.resolved_at,
+            optional_json(&e.resolution, e.resolution.is_none())?,
         ])?;
     }
     Ok(())
