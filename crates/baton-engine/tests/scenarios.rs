@@ -1160,3 +1160,39 @@ async fn learned_stats_survive_a_restart() {
     );
     s.finish().await;
 }
+
+/// A verifier's record is learned under the verifier capability, the author's under the
+/// work's.
+#[tokio::test]
+async fn a_verification_teaches_routing_under_the_verifier_capability() {
+    let mut s = Scenario::new().await;
+    let author = s.register("author", &["code"], 1).await;
+    let checker = s.register("checker", &["verify"], 1).await;
+    s.submit(Scenario::task_from(json!({
+        "task_id": "checked", "title": "t", "description": "d",
+        "plan": {"subtasks": [{"id": "fix", "capability": "code", "verify": true}]},
+    })))
+    .await;
+    let work = s.lease_one(&author).await;
+    s.advance(300).await;
+    s.complete(&author, &work, json!({"x": 1})).await.unwrap();
+    let v = s.lease_one(&checker).await;
+    s.advance(200).await;
+    s.complete(&checker, &v, json!({"verified": true, "evidence": ["ok"]}))
+        .await
+        .unwrap();
+    assert_eq!(s.status("checked").await, "completed");
+    let learned = |info: baton_engine::AgentInfo| {
+        info.agent
+            .stats
+            .iter()
+            .map(|(cap, st)| format!("{cap}: {} in {} ms", st.samples, st.latency_ms))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(learned(s.agent_info(&author).await), ["code: 1 in 300 ms"]);
+    assert_eq!(
+        learned(s.agent_info(&checker).await),
+        ["verify: 1 in 200 ms"]
+    );
+    s.finish().await;
+}
