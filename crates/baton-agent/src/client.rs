@@ -14,11 +14,12 @@ use std::fmt;
 use std::time::Duration;
 
 use baton_api::{
-    AgentList, AgentView, AssignmentReply, ClientPlan, CompleteRequest, ErrorBody, ExecuteRequest,
-    ExecuteWorkflow, FailRequest, Health, HeartbeatReply, HeartbeatRequest, LeaseRequest,
-    LeaseResponse, PlannedTask, ProgressRequest, RegisterAgent, RegisteredAgent, ResultsReply,
-    ResultsRequest, SubmitBatch, SubmitBatchReply, SubmitTask, TaskDetail, TaskList,
-    TaskStatusReply, WorkflowCreated, WorkflowDef, WorkflowList, WorkflowView,
+    AgentList, AgentView, AssignmentReply, ClientPlan, CompleteRequest, ErrorBody, EscalationList,
+    EscalationView, ExecuteRequest, ExecuteWorkflow, FailRequest, GateDecision, GateReply, Health,
+    HeartbeatReply, HeartbeatRequest, LeaseRequest, LeaseResponse, ManualAssign, PlannedTask,
+    ProgressRequest, RegisterAgent, RegisteredAgent, ResolveRequest, ResultsReply, ResultsRequest,
+    SubmitBatch, SubmitBatchReply, SubmitTask, TaskDetail, TaskList, TaskStatusReply,
+    WorkflowCreated, WorkflowDef, WorkflowList, WorkflowView,
 };
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -307,6 +308,96 @@ impl Client {
     /// `PUT /tasks/{task_id}/cancel`.
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatusReply, Error> {
         let req = self.request(Method::PUT, &["tasks", task_id, "cancel"], None)?;
+        self.answer(req).await
+    }
+
+    // ----- governance -----
+
+    /// `GET /escalations`, newest first; `None` leaves a filter out (`status`: `open` or
+    /// `resolved`; the server's default limit is 50, at most 500).
+    pub async fn escalations(
+        &self,
+        status: Option<&str>,
+        task_id: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<EscalationList, Error> {
+        let limit = limit.map(|l| l.to_string());
+        let query = [
+            ("status", status),
+            ("task_id", task_id),
+            ("limit", limit.as_deref()),
+        ];
+        let url = with_query(self.url(&["escalations"])?, &query);
+        self.answer(self.request_to(Method::GET, url, None)).await
+    }
+
+    /// `GET /escalations/{escalation_id}`.
+    pub async fn escalation(&self, escalation_id: &str) -> Result<EscalationView, Error> {
+        let req = self.request(Method::GET, &["escalations", escalation_id], None)?;
+        self.answer(req).await
+    }
+
+    /// `POST /escalations/{escalation_id}/resolve`: the task continues as decided; the answer
+    /// is the resolved escalation. A 409 when it is already resolved or the action does not
+    /// fit its kind; a 400 names every bad field.
+    pub async fn resolve(
+        &self,
+        escalation_id: &str,
+        request: &ResolveRequest,
+    ) -> Result<EscalationView, Error> {
+        let req = self
+            .request(
+                Method::POST,
+                &["escalations", escalation_id, "resolve"],
+                None,
+            )?
+            .json(request);
+        self.answer(req).await
+    }
+
+    /// `POST /tasks/{task_id}/approve`: release subtasks waiting for approval (all of them
+    /// when `decision.subtask_ids` is absent). A 409 when none, or a named one, is waiting.
+    pub async fn approve(
+        &self,
+        task_id: &str,
+        decision: &GateDecision,
+    ) -> Result<GateReply, Error> {
+        self.gate(task_id, "approve", decision).await
+    }
+
+    /// `POST /tasks/{task_id}/reject`: reject subtasks waiting for approval (each becomes an
+    /// escalation); the server requires `decision.note`.
+    pub async fn reject(&self, task_id: &str, decision: &GateDecision) -> Result<GateReply, Error> {
+        self.gate(task_id, "reject", decision).await
+    }
+
+    async fn gate(
+        &self,
+        task_id: &str,
+        action: &str,
+        decision: &GateDecision,
+    ) -> Result<GateReply, Error> {
+        let req = self
+            .request(Method::POST, &["tasks", task_id, action], None)?
+            .json(decision);
+        self.answer(req).await
+    }
+
+    /// `POST /tasks/{task_id}/subtasks/{subtask_id}/assign`: route a ready or blocked subtask
+    /// by hand to a live agent (at its next lease call); a 409 otherwise.
+    pub async fn assign_subtask(
+        &self,
+        task_id: &str,
+        subtask_id: &str,
+        assign: &ManualAssign,
+    ) -> Result<TaskStatusReply, Error> {
+        let req = self
+            .request(
+                Method::POST,
+                &["tasks", task_id, "subtasks", subtask_id, "assign"],
+                None,
+            )?
+            .json(assign);
         self.answer(req).await
     }
 
@@ -850,6 +941,64 @@ mod tests {
             r#"PUT /tasks/t%2F1/plan application/json {"subtasks":[]}"#
         );
         let err = c.workflow("..", None).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn governance_calls_reach_their_encoded_paths() {
+        let c = echo_server().await;
+        assert_eq!(
+            echoed(c.escalations(None, None, None).await),
+            "GET /escalations - "
+        );
+        assert_eq!(
+            echoed(c.escalations(Some("open"), Some("t/1 x"), Some(5)).await),
+            "GET /escalations?status=open&task_id=t%2F1+x&limit=5 - "
+        );
+        assert_eq!(
+            echoed(c.escalation("esc?1").await),
+            "GET /escalations/esc%3F1 - "
+        );
+        let resolve = ResolveRequest {
+            action: "raise_budget".into(),
+            budget: Some(baton_api::Budget {
+                max_tokens: Some(10),
+                ..baton_api::Budget::default()
+            }),
+            ..ResolveRequest::default()
+        };
+        assert_eq!(
+            echoed(c.resolve("e/1", &resolve).await),
+            r#"POST /escalations/e%2F1/resolve application/json {"action":"raise_budget","budget":{"max_tokens":10}}"#
+        );
+        let decision = GateDecision {
+            subtask_ids: Some(vec!["x::t::1".into()]),
+            note: Some("ok".into()),
+        };
+        assert_eq!(
+            echoed(c.approve("t#1", &decision).await),
+            r#"POST /tasks/t%231/approve application/json {"subtask_ids":["x::t::1"],"note":"ok"}"#
+        );
+        assert_eq!(
+            echoed(c.reject("t", &GateDecision::default()).await),
+            "POST /tasks/t/reject application/json {}"
+        );
+        let assign = ManualAssign {
+            agent_id: "agent-1".into(),
+        };
+        assert_eq!(
+            echoed(c.assign_subtask("t", "x::t/1", &assign).await),
+            r#"POST /tasks/t/subtasks/x::t%2F1/assign application/json {"agent_id":"agent-1"}"#
+        );
+        let manual = ExecuteRequest {
+            execution_mode: Some("manual".into()),
+            checkpoints: Some(vec!["a".into()]),
+        };
+        assert_eq!(
+            echoed(c.execute("t 1", &manual).await),
+            r#"POST /execute/t%201 application/json {"execution_mode":"manual","checkpoints":["a"]}"#
+        );
+        let err = c.resolve("..", &resolve).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     }
 

@@ -1,10 +1,11 @@
-//! Client commands against a running server: submit, status, tasks, agents, cancel; and the
-//! pieces the workflow commands share with them (`--param`, printing a submission, `--watch`).
+//! Client commands against a running server: submit, execute, status, tasks, agents, cancel;
+//! and the pieces the workflow and governance commands share with them (`--param`, printing a
+//! submission, `--watch`).
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use baton_agent::api::{PriorityInput, SubmitTask};
+use baton_agent::api::{ExecuteRequest, PriorityInput, SubmitTask};
 use baton_agent::client::{AgentFilter, Submitted, TaskFilter};
 use baton_agent::Client;
 use serde_json::{Map, Value};
@@ -29,7 +30,7 @@ pub struct SubmitArgs {
     /// Your own task id (the idempotency key).
     #[arg(long)]
     pub task_id: Option<String>,
-    /// Only plan it (POST /orchestrate); run it later with POST /execute.
+    /// Only plan it (POST /orchestrate); run it later with `baton execute`.
     #[arg(long)]
     pub plan_only: bool,
     /// Follow the task live until it finishes.
@@ -63,6 +64,21 @@ pub struct TasksArgs {
 pub struct AgentsArgs {
     #[arg(long)]
     pub capability: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecuteArgs {
+    pub task_id: String,
+    /// Every subtask waits for approval (`baton approve`) before it runs.
+    #[arg(long)]
+    pub manual: bool,
+    /// A subtask that waits for approval before it runs, its id as `baton status` shows it
+    /// (repeatable).
+    #[arg(long = "checkpoint", value_name = "SUBTASK_ID")]
+    pub checkpoints: Vec<String>,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -254,6 +270,26 @@ pub async fn agents(server: &str, args: AgentsArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// The body of `baton execute`: `manual` only when asked, checkpoints only when named, so a
+/// plain `baton execute` sends `{}` (the server's defaults).
+pub(crate) fn execute_request(manual: bool, checkpoints: Vec<String>) -> ExecuteRequest {
+    ExecuteRequest {
+        execution_mode: manual.then(|| "manual".to_owned()),
+        checkpoints: (!checkpoints.is_empty()).then_some(checkpoints),
+    }
+}
+
+pub async fn execute(server: &str, args: ExecuteArgs) -> anyhow::Result<ExitCode> {
+    let request = execute_request(args.manual, args.checkpoints);
+    let reply = client(server)?.execute(&args.task_id, &request).await?;
+    if args.json {
+        print_json(&reply)?;
+    } else {
+        println!("task {} {}", reply.task_id, reply.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn cancel(server: &str, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let reply = client(server)?.cancel(&args.task_id).await?;
     println!("task {} {}", reply.task_id, reply.status);
@@ -296,6 +332,20 @@ mod tests {
     fn a_param_needs_a_key_and_an_equals_sign() {
         assert!(parse_param("novalue").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_param("=3").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn execute_sends_only_what_was_asked() {
+        let body = |manual, checkpoints: &[&str]| {
+            let checkpoints = checkpoints.iter().map(|c| (*c).to_owned()).collect();
+            serde_json::to_value(execute_request(manual, checkpoints)).unwrap()
+        };
+        assert_eq!(body(false, &[]), json!({}));
+        assert_eq!(body(true, &[]), json!({"execution_mode": "manual"}));
+        assert_eq!(
+            body(false, &["x::t::1", "y::t::2"]),
+            json!({"checkpoints": ["x::t::1", "y::t::2"]})
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `baton`: the command-line face of Baton. `serve` runs the orchestrator, `demo` runs the
 //! whole blog-post example end to end in one process, and the client commands (tasks,
-//! agents, workflows, plan previews) talk to a running server (`--server` / `BATON_URL`).
+//! agents, workflows, plan previews, and governance: escalations, approvals, manual routing)
+//! talk to a running server (`--server` / `BATON_URL`).
 
 mod bench;
 mod client_cmds;
 mod demo;
+mod governance_cmds;
 mod serve;
 mod watch;
 mod workflow_cmds;
@@ -39,6 +41,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Submit a task (and run it).
     Submit(client_cmds::SubmitArgs),
+    /// Start a planned task (`submit --plan-only`), optionally gated by approvals.
+    Execute(client_cmds::ExecuteArgs),
     /// Show one task: subtasks, result and timeline.
     Status(client_cmds::StatusArgs),
     /// List tasks, newest first.
@@ -47,6 +51,16 @@ enum Command {
     Agents(client_cmds::AgentsArgs),
     /// Cancel a task.
     Cancel(client_cmds::CancelArgs),
+    /// List escalations (what humans are asked to decide), or `show <id>` one whole.
+    Escalations(governance_cmds::EscalationsArgs),
+    /// Decide an open escalation: retry, skip, fail, provide_output, raise_budget or cancel.
+    Resolve(governance_cmds::ResolveArgs),
+    /// Approve subtasks waiting for approval, so they run.
+    Approve(governance_cmds::ApproveArgs),
+    /// Reject subtasks waiting for approval (each becomes an escalation).
+    Reject(governance_cmds::RejectArgs),
+    /// Route a ready or blocked subtask by hand to a live agent.
+    Assign(governance_cmds::AssignArgs),
     /// Publish, list, show and run workflows.
     Workflows(workflow_cmds::WorkflowsArgs),
     /// Preview the plan a task would get, as a tree, and why; nothing is created.
@@ -72,10 +86,16 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Submit(args) => client_cmds::submit(&cli.server, args).await,
+            Command::Execute(args) => client_cmds::execute(&cli.server, args).await,
             Command::Status(args) => client_cmds::status(&cli.server, args).await,
             Command::Tasks(args) => client_cmds::tasks(&cli.server, args).await,
             Command::Agents(args) => client_cmds::agents(&cli.server, args).await,
             Command::Cancel(args) => client_cmds::cancel(&cli.server, args).await,
+            Command::Escalations(args) => governance_cmds::escalations(&cli.server, args).await,
+            Command::Resolve(args) => governance_cmds::resolve(&cli.server, args).await,
+            Command::Approve(args) => governance_cmds::approve(&cli.server, args).await,
+            Command::Reject(args) => governance_cmds::reject(&cli.server, args).await,
+            Command::Assign(args) => governance_cmds::assign(&cli.server, args).await,
             Command::Workflows(args) => workflow_cmds::workflows(&cli.server, args).await,
             Command::Plan(args) => workflow_cmds::plan(&cli.server, args).await,
             Command::Bench(args) => bench::run(args).await,
