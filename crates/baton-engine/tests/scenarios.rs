@@ -1196,3 +1196,38 @@ async fn a_verification_teaches_routing_under_the_verifier_capability() {
     );
     s.finish().await;
 }
+
+/// A step a human skips lets its dependents go on (unlike a false condition, whose branch is
+/// skipped whole).
+#[tokio::test]
+async fn a_step_skipped_by_a_human_lets_its_dependents_run() {
+    let mut s = Scenario::new().await;
+    let w = s.register("w", &["x"], 1).await;
+    s.submit(Scenario::task(
+        "skipper",
+        &[("a", "x", &[]), ("b", "x", &["a"])],
+        "normal",
+    ))
+    .await;
+    let a = s.lease_one(&w).await;
+    s.fail(&w, &a, false).await.unwrap();
+    let e = &s.escalations("skipper").await[0];
+    s.engine
+        .resolve(
+            e.escalation_id.clone(),
+            baton_engine::Resolve {
+                action: baton_core::ResolveAction::Skip,
+                outputs: None,
+                note: Some("not needed".into()),
+                budget: None,
+            },
+        )
+        .await
+        .unwrap();
+    let b = s.lease_one(&w).await;
+    assert_eq!(b.assignment.subtask_id.as_str(), "x::skipper::2");
+    assert_eq!(b.input["dependencies"]["x::skipper::1"], json!(null));
+    s.complete(&w, &b, json!({})).await.unwrap();
+    assert_eq!(s.status("skipper").await, "completed");
+    s.finish().await;
+}

@@ -258,6 +258,9 @@ impl Engine {
                 self.refresh_side_status(seq, now)?;
             }
             (A::Skip, Some(i)) => {
+                if let Some(s) = self.sub_mut(seq, i) {
+                    s.skipped_by_human = true;
+                }
                 self.set_state(seq, i, SubtaskState::Skipped, None, why("skipped"), now)?;
                 self.release_dependents(seq, i, now)?;
                 self.refresh_side_status(seq, now)?;

@@ -113,6 +113,7 @@ impl TaskRt {
                 verdicts: Vec::new(),
                 verdict_base: 0,
                 escalation: None,
+                skipped_by_human: false,
             })
             .collect();
         TaskRt {
@@ -153,6 +154,8 @@ pub(crate) struct SubRt {
     pub verdict_base: usize,
     /// Its open escalation.
     pub escalation: Option<String>,
+    /// Skipped by a human (`skip`): its dependents go on, unlike after a false condition.
+    pub skipped_by_human: bool,
 }
 
 pub(crate) struct AsgRt {

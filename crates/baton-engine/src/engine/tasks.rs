@@ -209,11 +209,13 @@ impl Engine {
                 return Err(self.missing(format!("task #{seq}")));
             };
             let sub = &rt.subs[idx as usize].sub;
+            // Skipped by a false condition, that is: a step a human skipped lets its
+            // dependents go on.
             let all_skipped = !sub.depends_on.is_empty()
-                && sub
-                    .depends_on
-                    .iter()
-                    .all(|&d| rt.subs[d as usize].sub.state == SubtaskState::Skipped);
+                && sub.depends_on.iter().all(|&d| {
+                    let dep = &rt.subs[d as usize];
+                    dep.sub.state == SubtaskState::Skipped && !dep.skipped_by_human
+                });
             let skip = if all_skipped {
                 Some("every dependency was skipped".to_owned())
             } else {
