@@ -1,15 +1,12 @@
 //! The workflow commands as a user runs them: a real `baton serve` child process on a temp
 //! data dir and a free port, and the `baton` binary run as child processes against it.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
 use baton_agent::api::WorkflowView;
-use baton_agent::{handler_fn, Client, Job, Worker, WorkerConfig};
+use baton_agent::{handler_fn, Job, Worker, WorkerConfig};
+use common::Server;
 use serde_json::json;
-use tempfile::TempDir;
-
-const PATIENCE: Duration = Duration::from_secs(30);
 
 const RELEASE_V1: &str = r#"
 name: release_notes
@@ -45,102 +42,6 @@ const ANNOUNCE_STEP: &str = r##"  - id: announce
       channel: "#releases"
       text: "${steps.draft.outputs.text}"
 "##;
-
-/// `baton serve` on its own data dir; killed when dropped, so a failing test leaves no
-/// process behind.
-struct Server {
-    child: Child,
-    url: String,
-    dir: TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .env_remove("BATON_LLM_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("baton serve starts");
-        let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let client = server.client();
-        let deadline = Instant::now() + PATIENCE;
-        while client.health().await.is_err() {
-            assert!(Instant::now() < deadline, "server did not become healthy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        server
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url).unwrap()
-    }
-
-    /// Write `text` to `name` in the test's temp dir; returns its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-
-    /// Run `baton --server <url> args…` to its end.
-    async fn baton(&self, args: &[&str]) -> Output {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .arg("--server")
-            .arg(&self.url)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .await
-            .expect("baton runs");
-        Output {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Like [`Server::baton`], failing the test unless the command succeeds.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.baton(args).await;
-        assert!(out.success, "baton {args:?} failed: {out:?}");
-        out.stdout
-    }
-
-    /// Like [`Server::baton`], failing the test unless the command fails.
-    async fn fails(&self, args: &[&str]) -> Output {
-        let out = self.baton(args).await;
-        assert!(!out.success, "baton {args:?} succeeded: {out:?}");
-        out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflows_list_shows_the_three_built_ins() {
