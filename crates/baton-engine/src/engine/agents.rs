@@ -466,8 +466,12 @@ impl Engine {
         let mut input = workflow::agent_input(&rt.task, &rt.subs, idx as usize);
         let s = &mut rt.subs[idx as usize];
         // A new attempt after a negative verdict gets the verdict to act on.
-        if let (Some(v), Value::Object(m)) = (s.verdicts.last().filter(|v| !v.verified), &mut input)
-        {
+        if let (Some(v), Value::Object(m)) = (
+            s.gov()
+                .and_then(|g| g.verdicts.last())
+                .filter(|v| !v.verified),
+            &mut input,
+        ) {
             m.insert(
                 "verification".into(),
                 serde_json::json!({"verified": false, "feedback": v.feedback, "evidence": v.evidence}),

@@ -96,15 +96,21 @@ impl Engine {
         let (subtask_id, evidence) = match idx {
             Some(i) => {
                 let s = &rt.subs[i as usize];
-                let verdicts: Vec<Value> = s.verdicts[s.verdict_base..]
-                    .iter()
-                    .map(verdict_json)
-                    .collect();
+                let (verdicts, attempts): (Vec<Value>, &[Value]) = match s.gov() {
+                    Some(g) => (
+                        g.verdicts[g.verdict_base..]
+                            .iter()
+                            .map(verdict_json)
+                            .collect(),
+                        &g.log[log_start(&g.log, g.attempt_base)..],
+                    ),
+                    None => (Vec::new(), &[]),
+                };
                 (
                     Some(s.sub.subtask_id.clone()),
                     json!({
                         "capability": s.sub.capability,
-                        "attempts": s.log[log_start(&s.log, s.attempt_base)..],
+                        "attempts": attempts,
                         "verdicts": verdicts,
                         "last_error": s.sub.error,
                     }),
@@ -140,7 +146,7 @@ impl Engine {
                 let note = Some(format!("escalated ({escalation_id}): {reason}"));
                 self.set_state(seq, i, SubtaskState::Escalated, agent, note, now)?;
                 if let Some(s) = self.sub_mut(seq, i) {
-                    s.escalation = Some(escalation_id.clone());
+                    s.gov_mut().escalation = Some(escalation_id.clone());
                 }
             }
             None => {
@@ -226,7 +232,9 @@ impl Engine {
         };
         if let Some(i) = idx {
             if let Some(s) = self.sub_mut(seq, i) {
-                s.escalation = None;
+                if let Some(g) = s.gov.as_mut() {
+                    g.escalation = None;
+                }
             }
         }
         match (decision.action, idx) {
@@ -250,8 +258,10 @@ impl Engine {
             }
             (A::Retry, Some(i)) => {
                 if let Some(s) = self.sub_mut(seq, i) {
-                    s.attempt_base = s.sub.attempts;
-                    s.verdict_base = s.verdicts.len();
+                    let attempts = s.sub.attempts;
+                    let g = s.gov_mut();
+                    g.attempt_base = attempts;
+                    g.verdict_base = g.verdicts.len();
                 }
                 self.set_state(seq, i, SubtaskState::Ready, None, why("retried"), now)?;
                 self.enqueue_ready(seq, i, now)?;
@@ -259,7 +269,7 @@ impl Engine {
             }
             (A::Skip, Some(i)) => {
                 if let Some(s) = self.sub_mut(seq, i) {
-                    s.skipped_by_human = true;
+                    s.gov_mut().skipped_by_human = true;
                 }
                 self.set_state(seq, i, SubtaskState::Skipped, None, why("skipped"), now)?;
                 self.release_dependents(seq, i, now)?;
@@ -585,7 +595,7 @@ impl Engine {
         let record = Verification {
             task_id: rt.task.task_id.clone(),
             subtask_id: s.sub.subtask_id.clone(),
-            n: s.verdicts.len() as u32 + 1,
+            n: s.gov().map_or(0, |g| g.verdicts.len()) as u32 + 1,
             attempt: s.sub.attempts,
             author: s
                 .sub
@@ -601,8 +611,9 @@ impl Engine {
         self.outbox.verifications.push(record.clone());
         let negatives = {
             let s = self.sub_mut(seq, idx).expect("checked above");
-            s.verdicts.push(record);
-            s.verdicts[s.verdict_base..]
+            let g = s.gov_mut();
+            g.verdicts.push(record);
+            g.verdicts[g.verdict_base..]
                 .iter()
                 .filter(|v| !v.verified)
                 .count()

@@ -108,12 +108,7 @@ impl TaskRt {
                 waiting,
                 dependents,
                 current: None,
-                log: Vec::new(),
-                attempt_base: 0,
-                verdicts: Vec::new(),
-                verdict_base: 0,
-                escalation: None,
-                skipped_by_human: false,
+                gov: None,
             })
             .collect();
         TaskRt {
@@ -144,6 +139,14 @@ pub(crate) struct SubRt {
     pub current: Option<AssignmentId>,
     /// Agents that ran earlier attempts.
     pub tried: Vec<AgentId>,
+    /// Governance state, boxed: most subtasks never fail, get verified or escalate, and a
+    /// plan may hold many subtasks.
+    pub gov: Option<Box<SubGov>>,
+}
+
+/// What governance remembers of a subtask.
+#[derive(Default)]
+pub(crate) struct SubGov {
     /// How each attempt ended (agent, outcome, error), the evidence of an escalation.
     pub log: Vec<serde_json::Value>,
     /// Attempts used before the last `retry` resolution: the attempt budget counts from here.
@@ -156,6 +159,16 @@ pub(crate) struct SubRt {
     pub escalation: Option<String>,
     /// Skipped by a human (`skip`): its dependents go on, unlike after a false condition.
     pub skipped_by_human: bool,
+}
+
+impl SubRt {
+    pub fn gov(&self) -> Option<&SubGov> {
+        self.gov.as_deref()
+    }
+
+    pub fn gov_mut(&mut self) -> &mut SubGov {
+        self.gov.get_or_insert_with(Default::default)
+    }
 }
 
 pub(crate) struct AsgRt {

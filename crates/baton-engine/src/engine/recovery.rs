@@ -140,7 +140,7 @@ impl Engine {
         for v in verifications {
             if let Some((seq, idx)) = position(self, &v.task_id, &v.subtask_id) {
                 if let Some(s) = self.sub_mut(seq, idx) {
-                    s.verdicts.push(v);
+                    s.gov_mut().verdicts.push(v);
                 }
             }
         }
@@ -162,11 +162,12 @@ impl Engine {
                 if let Some(s) = self.sub_mut(seq, idx) {
                     match (&e.status, &e.resolution) {
                         (baton_core::EscalationStatus::Open, _) => {
-                            s.escalation = Some(e.escalation_id.clone());
+                            s.gov_mut().escalation = Some(e.escalation_id.clone());
                         }
                         (_, Some(r)) if r.action == baton_core::ResolveAction::Retry => {
-                            s.attempt_base = r.attempts;
-                            s.verdict_base = s
+                            let g = s.gov_mut();
+                            g.attempt_base = r.attempts;
+                            g.verdict_base = g
                                 .verdicts
                                 .iter()
                                 .filter(|v| v.at <= e.resolved_at.unwrap_or(i64::MAX))

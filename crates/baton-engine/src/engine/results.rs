@@ -223,18 +223,23 @@ impl Engine {
         }
         self.mark_running(seq, idx, agent_id, now)?;
         let attempt = self.assignments.get(id).map_or(0, |a| a.a.attempt);
+        let verified = self.verifier_capability(seq, idx).is_some();
         if let Some(s) = self.sub_mut(seq, idx) {
             s.sub.outputs = Some(outputs);
             s.sub.error = None;
             s.current = None;
-            s.log.push(
-                json!({"attempt": attempt, "agent": agent_id, "outcome": "completed", "at": now}),
-            );
+            // A completed attempt is evidence only when a verdict may still reject it (the
+            // common case, a plain completion, costs no log entry).
+            if verified {
+                s.gov_mut().log.push(json!({
+                    "attempt": attempt, "agent": agent_id, "outcome": "completed", "at": now,
+                }));
+            }
         }
         let started = self.finish_assignment(id, AssignmentState::Completed, now)?;
         self.record_outcome(id, agent_id, true, started, now);
         let agent = Some(agent_id.clone());
-        if self.verifier_capability(seq, idx).is_some() {
+        if verified {
             // Checked by another agent before anything depends on it.
             self.set_state(seq, idx, SubtaskState::Verifying, agent, None, now)?;
             self.enqueue_verification(seq, idx, now)?;
@@ -344,10 +349,11 @@ impl Engine {
         if let Some(s) = self.sub_mut(seq, idx) {
             s.current = None;
             s.sub.error = Some(note.clone());
-            s.log.push(json!({
+            let g = s.gov_mut();
+            g.log.push(json!({
                 "attempt": attempt, "agent": agent_id, "outcome": outcome, "error": note, "at": now,
             }));
-            base = s.attempt_base;
+            base = g.attempt_base;
         }
         let max_attempts = self.tasks.get(&seq).map_or(1, |rt| {
             rt.subs[idx as usize].sub.max_attempts(rt.task.max_attempts)

@@ -214,7 +214,8 @@ impl Engine {
             let all_skipped = !sub.depends_on.is_empty()
                 && sub.depends_on.iter().all(|&d| {
                     let dep = &rt.subs[d as usize];
-                    dep.sub.state == SubtaskState::Skipped && !dep.skipped_by_human
+                    dep.sub.state == SubtaskState::Skipped
+                        && !dep.gov().is_some_and(|g| g.skipped_by_human)
                 });
             let skip = if all_skipped {
                 Some("every dependency was skipped".to_owned())
