@@ -352,3 +352,38 @@ async fn usage_is_summed_and_a_crossed_budget_escalates_until_raised() {
     assert_eq!(fields, ["budget.max_cost_usd", "on_exhausted"]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reports_usage_with_each_result() {
+    let server = TestServer::start().await;
+    let worker = server
+        .spawn_worker(
+            worker_config("llm", &["llm"]),
+            baton_agent::handler_fn(|job: Job| async move {
+                job.add_usage(10, 5, 0.25);
+                job.add_usage(1, 0, 0.0);
+                Ok(json!({"ok": true}))
+            }),
+        )
+        .await;
+    server
+        .post(
+            "/tasks",
+            json!({"task_id": "sdk-u", "title": "t", "description": "d",
+                   "plan": {"subtasks": [{"id": "a", "capability": "llm"},
+                                         {"id": "b", "capability": "llm", "depends_on": ["a"]}]}}),
+        )
+        .await;
+    let detail = server.wait_for_status("sdk-u", "completed", PATIENCE).await;
+    let usage = detail.usage.expect("usage");
+    assert_eq!(
+        (usage.tokens_in, usage.tokens_out, usage.cost_usd),
+        (Some(22), Some(10), Some(0.5))
+    );
+    assert_eq!(
+        subtask(&detail, "llm::sdk-u::1").usage.unwrap().tokens_in,
+        Some(11)
+    );
+    worker.stop().await;
+    server.shutdown().await;
+}

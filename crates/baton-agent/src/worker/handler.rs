@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use baton_api::{Lease, Phase, ProgressRequest};
+use baton_api::{Lease, Phase, ProgressRequest, Usage};
 use serde_json::Value;
 use tracing::{debug, warn};
 
@@ -111,6 +111,8 @@ pub struct Job {
     pub input: Value,
     /// Where progress goes; `None` for a detached job.
     session: Option<Arc<Session>>,
+    /// What the handler reports it used, sent with the result.
+    usage: Arc<std::sync::Mutex<Option<Usage>>>,
 }
 
 impl fmt::Debug for Job {
@@ -140,7 +142,23 @@ impl Job {
             lease_expires_at: lease.lease_expires_at,
             input: lease.input,
             session,
+            usage: Arc::default(),
         }
+    }
+
+    /// Adds to what this attempt used (tokens, cost): sent with its result, summed per subtask
+    /// and per task by the orchestrator, and checked against the task's budget.
+    pub fn add_usage(&self, tokens_in: u64, tokens_out: u64, cost_usd: f64) {
+        let mut cell = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let u = cell.get_or_insert_with(Usage::default);
+        u.tokens_in = Some(u.tokens_in.unwrap_or(0).saturating_add(tokens_in));
+        u.tokens_out = Some(u.tokens_out.unwrap_or(0).saturating_add(tokens_out));
+        u.cost_usd = Some(u.cost_usd.unwrap_or(0.0) + cost_usd);
+    }
+
+    /// The usage reported so far (shared with the worker, which reads it after the handler).
+    pub(super) fn usage_cell(&self) -> Arc<std::sync::Mutex<Option<Usage>>> {
+        self.usage.clone()
     }
 
     /// A job that reports nowhere: for testing a handler without a server. Its

@@ -499,6 +499,7 @@ async fn run_job(session: Arc<Session>, handler: Arc<dyn Handler>, lease: Lease)
     let assignment_id = lease.assignment_id.clone();
     info!("job started");
     let job = Job::new(lease, Some(session.clone()));
+    let usage = job.usage_cell();
     let result = AssertUnwindSafe(handler.handle(job))
         .catch_unwind()
         .await
@@ -513,6 +514,7 @@ async fn run_job(session: Arc<Session>, handler: Arc<dyn Handler>, lease: Lease)
             ResultItem {
                 assignment_id: assignment_id.clone(),
                 outputs: Some(outputs),
+                usage: *usage.lock().unwrap_or_else(|e| e.into_inner()),
                 ..ResultItem::default()
             },
             Outcome::Completed,
