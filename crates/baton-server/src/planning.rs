@@ -120,11 +120,6 @@ impl Planning {
         catalog.insert(p);
     }
 
-    /// Whether an LLM planner is configured.
-    pub fn has_llm(&self) -> bool {
-        self.llm.is_some()
-    }
-
     /// Submit `new` through the engine, after the LLM planner had its say on a rule-based
     /// plan (at most once per task id).
     pub async fn submit(

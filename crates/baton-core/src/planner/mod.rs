@@ -201,21 +201,6 @@ pub fn score(title: &str, description: &str) -> BTreeMap<String, Vec<String>> {
     scores
 }
 
-/// The single category a description falls into: the one with the most matching keywords
-/// (whole words, as in [`score`]), the earliest in [`CATEGORIES`] on a tie, `general` when none
-/// matches.
-pub fn categorize(description: &str) -> &'static str {
-    let scores = score("", description);
-    let mut best = ("general", 0usize);
-    for (category, _) in CATEGORIES {
-        let n = scores.get(*category).map_or(0, Vec::len);
-        if n > best.1 {
-            best = (category, n);
-        }
-    }
-    best.0
-}
-
 /// A plan made by [`rules`], with the evidence for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RulePlan {
@@ -355,13 +340,20 @@ mod tests {
 
     #[test]
     fn categorizes_like_the_primer() {
-        assert_eq!(categorize("Build a responsive React component"), "frontend");
-        assert_eq!(categorize("Add an API endpoint for the service"), "backend");
-        assert_eq!(categorize("Write a schema migration"), "database");
-        assert_eq!(categorize("Update the README guide"), "documentation");
-        assert_eq!(categorize("zzz"), "general");
-        // Ties go to the earliest category: one frontend keyword, one backend keyword.
-        assert_eq!(categorize("page api"), "frontend");
+        assert_eq!(
+            domains("Build a responsive React component", ""),
+            ["frontend"]
+        );
+        assert_eq!(
+            domains("Add an API endpoint for the service", ""),
+            ["backend"]
+        );
+        assert_eq!(domains("Write a schema migration", ""), ["database"]);
+        assert_eq!(domains("Update the README guide", ""), ["documentation"]);
+        assert_eq!(
+            shape(&rules("zzz", "").plan),
+            [("general", "general", vec![])]
+        );
     }
 
     #[test]
@@ -370,7 +362,10 @@ mod tests {
         // "api" in "capital", "cd" in "abcd", "test" in "latest".
         assert_eq!(domains("Write a guide", ""), ["documentation"]);
         assert!(domains("Decide on capital allocation", "abcd latest").is_empty());
-        assert_eq!(categorize("Decide the capital"), "general");
+        assert_eq!(
+            shape(&rules("Decide the capital", "").plan),
+            [("general", "general", vec![])]
+        );
         // Punctuation separates words; case does not matter.
         assert_eq!(
             score("Fix the UI/UX", "(CSS)"),

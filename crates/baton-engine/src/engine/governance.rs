@@ -490,21 +490,10 @@ impl Engine {
             self.ready.entry(cap.clone()).or_default().insert(key);
             self.dirty.insert(cap);
         } else {
-            let rt = &self.tasks[&seq];
-            let subtask_id = rt.subs[idx as usize].sub.subtask_id.clone();
-            self.event(Event {
-                task_id: rt.task.task_id.clone(),
-                at: now,
-                change: Change::Subtask {
-                    subtask_id,
-                    from: SubtaskState::Verifying,
-                    to: SubtaskState::Verifying,
-                },
-                agent: None,
-                note: Some(format!(
-                    "verification blocked: no agent other than the author offers capability {cap:?}"
-                )),
-            });
+            let note = format!(
+                "verification blocked: no agent other than the author offers capability {cap:?}"
+            );
+            self.verifying_note(seq, idx, None, note, now);
             self.blocked.entry(cap).or_default().insert(key);
         }
         Ok(())
@@ -645,6 +634,33 @@ impl Engine {
         })
     }
 
+    /// A timeline entry about a subtask's verification that changes no state
+    /// (`verifying -> verifying` with a note).
+    fn verifying_note(
+        &mut self,
+        seq: i64,
+        idx: u32,
+        agent: Option<AgentId>,
+        note: String,
+        now: Millis,
+    ) {
+        let Some(rt) = self.tasks.get(&seq) else {
+            return;
+        };
+        let subtask_id = rt.subs[idx as usize].sub.subtask_id.clone();
+        self.event(Event {
+            task_id: rt.task.task_id.clone(),
+            at: now,
+            change: Change::Subtask {
+                subtask_id,
+                from: SubtaskState::Verifying,
+                to: SubtaskState::Verifying,
+            },
+            agent,
+            note: Some(note),
+        });
+    }
+
     /// End a verification assignment; the verifier's slot is free.
     pub(crate) fn finish_verification(
         &mut self,
@@ -678,24 +694,9 @@ impl Engine {
         author: &AgentId,
         now: Millis,
     ) -> Error {
-        if let Some(asg) = self.assignments.get(id) {
-            let (seq, idx) = (asg.seq, asg.idx);
-            if let Some(rt) = self.tasks.get(&seq) {
-                let subtask_id = rt.subs[idx as usize].sub.subtask_id.clone();
-                self.event(Event {
-                    task_id: rt.task.task_id.clone(),
-                    at: now,
-                    change: Change::Subtask {
-                        subtask_id,
-                        from: SubtaskState::Verifying,
-                        to: SubtaskState::Verifying,
-                    },
-                    agent: Some(author.clone()),
-                    note: Some(
-                        "self-attestation refused: the author cannot verify its own output".into(),
-                    ),
-                });
-            }
+        if let Some((seq, idx)) = self.assignments.get(id).map(|a| (a.seq, a.idx)) {
+            let note = "self-attestation refused: the author cannot verify its own output";
+            self.verifying_note(seq, idx, Some(author.clone()), note.into(), now);
         }
         tracing::warn!(assignment_id = %id, agent_id = %author, "self-attestation refused");
         Error::Conflict(format!(

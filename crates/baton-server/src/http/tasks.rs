@@ -184,13 +184,9 @@ async fn decide(
         .decide_gates(task_id.clone(), ids, approve, note)
         .await;
     let decided = or_finished(&state, &task_id, decided).await?;
-    let status = match state.store.task(&task_id).await? {
-        Some((task, _)) => task.status.to_string(),
-        None => String::new(),
-    };
     Ok(Json(api::GateReply {
+        status: committed_status(&state, &task_id).await?,
         task_id: task_id.to_string(),
-        status,
         subtask_ids: decided.into_iter().map(|s| s.to_string()).collect(),
     }))
 }
@@ -208,14 +204,18 @@ async fn assign_manually(
         .assign_manually(task_id.clone(), baton_core::SubtaskId(subtask_id), agent_id)
         .await;
     or_finished(&state, &task_id, assigned).await?;
-    let status = match state.store.task(&task_id).await? {
+    Ok(Json(api::TaskStatusReply {
+        status: committed_status(&state, &task_id).await?,
+        task_id: task_id.to_string(),
+    }))
+}
+
+/// The task's status as committed (after a change the engine answered once durable).
+async fn committed_status(state: &AppState, task_id: &TaskId) -> Result<String, ApiError> {
+    Ok(match state.store.task(task_id).await? {
         Some((task, _)) => task.status.to_string(),
         None => String::new(),
-    };
-    Ok(Json(api::TaskStatusReply {
-        task_id: task_id.to_string(),
-        status,
-    }))
+    })
 }
 
 /// `POST /plan`: the plan a submission of this body would get, without creating anything.
